@@ -1,0 +1,231 @@
+"""The `harness` command: argument parsing and printing only; the work is done in the modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from harness import __version__
+
+EXIT_USAGE = 2  # bad study file, data file or arguments: nothing was run
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+EPILOG = """\
+examples:
+  harness run-study studies/quick.yaml               a real search, minutes on a laptop
+  harness leaderboard studies/quick.yaml --out leaderboard.csv
+  harness train studies/lecture.yaml --json          the lecture's config, no search
+  harness train studies/quick.yaml --param lr=0.05 --param hidden_width=128
+  mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db   compare the trials
+
+Results go under ./mlruns (set HARNESS_ROOT to move them): MLflow's store (mlflow.db,
+artifacts/), the embedded Optuna storage (optuna.journal) and per-study outputs (studies/NAME/).
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress display
+
+
+class Progress:
+    """A live status line on a terminal (one line per finished trial otherwise), on stderr."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+        self.started: dict[int, float] = {}
+        self.header = ""
+
+    def _status(self, text: str) -> None:
+        if self.live:
+            self.stream.write("\r\033[K" + text)
+            self.stream.flush()
+
+    def _line(self, text: str) -> None:
+        if self.live:
+            self.stream.write("\r\033[K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def trial_started(self, number: int, params: Mapping[str, Any]) -> None:
+        self.started[number] = time.monotonic()
+
+    def evaluated(self, number: int, ev: Any, steps: int) -> None:
+        self._status(f"{self.header}trial {number}: step {ev.step}/{steps}  "
+                     f"dev {ev.dev_loss:.4f}  train {ev.train_loss:.4f}")
+
+    def trial_finished(self, trial: Any, done: int, total: int, best: float | None) -> None:
+        elapsed = time.monotonic() - self.started.pop(trial.number, time.monotonic())
+        attrs = trial.user_attrs
+        loss = attrs.get("best_dev_loss")
+        figure = f"best dev {loss:.4f} at step {attrs.get('best_step')}" if loss else ""
+        if trial.state.name == "FAIL":
+            figure = attrs.get("fail_reason", "failed")
+        best_text = f"{best:.4f}" if best is not None else "-"
+        self.header = f"[{done}/{total} trials, best {best_text}] "
+        self._line(f"[{done}/{total}] trial {trial.number:>3} {trial.state.name:<8} "
+                   f"{figure}  ({elapsed:.1f} s)  best so far {best_text}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from harness.spec import load_spec
+
+    return load_spec(args.study, args.set)
+
+
+def cmd_run_study(args: argparse.Namespace) -> int:
+    from harness.study import run_search
+
+    spec = _load(args)
+    print(f"study {spec.name}: {spec.budget.n_trials} trials of {spec.budget.steps} steps, "
+          f"sampler {spec.sampler.type}, pruner {spec.pruner.type}", file=sys.stderr)
+    study = run_search(spec, observer=Progress(), device=args.device)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    counts = {s: sum(t.state.name == s for t in study.trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    print(f"study {spec.name}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
+    if complete:
+        best = study.best_trial
+        print(f"best trial {best.number}: dev loss {best.value:.4f}")
+        for k, v in best.user_attrs.get("config", best.params).items():
+            print(f"  {k} = {v}")
+    from harness import paths
+
+    print(f"leaderboard: {paths.study_dir(spec.name) / 'leaderboard.csv'}")
+    print(f"MLflow UI:   mlflow ui --backend-store-uri {spec.tracking.uri or paths.tracking_uri()}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from harness.data import load_search_data
+    from harness.spec import SpecError, parse_assignments
+    from harness.train import train
+
+    spec = _load(args)
+    params = parse_assignments(args.param, "--param", spec.source)
+    try:
+        hp = spec.base_hparams(**params)
+    except ValueError as exc:
+        raise SpecError(spec.source, [str(exc)]) from None
+    progress = Progress()
+
+    def on_eval(ev: Any) -> None:
+        progress.evaluated(0, ev, spec.budget.steps)
+
+    data = load_search_data(spec.data, hp.context_length)
+    result = train(hp, data, steps=spec.budget.steps, eval_every=spec.budget.eval_every,
+                   on_eval=on_eval, device=args.device)
+    progress._line("")
+    summary = {**result.summary(), "config": hp.to_dict()}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in result.summary().items():
+            print(f"{key:>14}: {value:.4f}" if isinstance(value, float) else f"{key:>14}: {value}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from harness import leaderboard
+    from harness.study import load_study
+
+    spec = _load(args)
+    df = leaderboard.build(load_study(spec))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.out, index=False)
+        print(f"{len(df)} trials written to {args.out}", file=sys.stderr)
+    else:
+        df.to_csv(sys.stdout, index=False)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser and entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Hyperparameter search for character-level MLP language models "
+                    "(Bengio et al. 2003), with Optuna studies and MLflow tracking.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("study", metavar="STUDY.yaml", help="the study file")
+        p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a key of the study file, e.g. --set budget.n_trials=4 "
+                            "(repeatable)")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("run-study", cmd_run_study,
+            "Run (or resume) the study's search until it has budget.n_trials trials.")
+    p.add_argument("--device", default="cpu", help="torch device for training: cpu, cuda, auto "
+                                                   "(default: cpu)")
+
+    p = add("train", cmd_train,
+            "Train one config (the study's fixed values plus --param values), no search.")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a hyperparameter value, e.g. --param lr=0.05 (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto (default: cpu)")
+
+    p = add("leaderboard", cmd_leaderboard, "Write the study's trials as a ranked CSV.")
+    p.add_argument("--out", metavar="FILE", help="write the CSV here (default: standard output)")
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    # MLflow installs its own handler at import, at INFO unless told otherwise.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "optuna"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `harness` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    from harness.data import DataError
+    from harness.spec import SpecError
+    from harness.study import StudyNotFound
+    from harness.tracking import TrackingError
+
+    try:
+        return args.func(args)
+    except (SpecError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (StudyNotFound, TrackingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

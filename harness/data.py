@@ -1,0 +1,187 @@
+"""Words -> vocabulary -> seeded split by words -> context windows.
+
+The search sees only `SearchData` (train and dev). The test split is handed out by one function,
+`load_test_examples`, which only the final evaluation calls.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+BOUNDARY = "."  # starts (as padding) and ends every word; index 0 of every vocabulary
+
+
+class DataError(ValueError):
+    """The data file or the split cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the words come from and how they are split."""
+
+    path: str | None = None  # None: the bundled names.txt
+    train: float = 0.8
+    dev: float = 0.1
+    test: float = 0.1
+    seed: int = 42  # the lectures' canonical split: random.seed(42); random.shuffle(words)
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Characters of the data plus the boundary token '.' at index 0."""
+
+    itos: tuple[str, ...]
+
+    @classmethod
+    def from_words(cls, words: list[str]) -> Vocab:
+        return cls((BOUNDARY, *sorted(set("".join(words)))))
+
+    @functools.cached_property
+    def stoi(self) -> dict[str, int]:
+        return {ch: i for i, ch in enumerate(self.itos)}
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Next-character examples: X (N, context_length) int64 indices, Y (N,) int64 targets."""
+
+    X: torch.Tensor
+    Y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.Y)
+
+
+@dataclass(frozen=True)
+class SearchData:
+    """What a trial may see: the vocabulary and the train and dev examples. Never the test split."""
+
+    vocab: Vocab
+    train: Examples
+    dev: Examples
+    context_length: int
+
+
+def bundled_words_path() -> Path:
+    """Path of the bundled names.txt (MIT, see resources/NAMES_LICENSE.txt)."""
+    return Path(str(resources.files("harness") / "resources" / "names.txt"))
+
+
+def read_words(path: str | Path | None = None) -> list[str]:
+    """Read one word per line (UTF-8); strip spaces and CRLF, drop blank lines."""
+    p = Path(path) if path is not None else bundled_words_path()
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"data file not found: {p}") from None
+    except IsADirectoryError:
+        raise DataError(f"data path is a directory, not a file: {p}") from None
+    except OSError as exc:
+        raise DataError(f"cannot read data file {p}: {exc.strerror}") from None
+    if b"\x00" in raw:
+        raise DataError(f"data file {p} looks binary (it contains NUL bytes)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"data file {p} is not UTF-8 (bad byte at offset {exc.start})") from None
+    words = [w.strip() for w in text.splitlines()]
+    words = [w for w in words if w]
+    if not words:
+        raise DataError(f"data file {p} has no words (it is empty or only blank lines)")
+    bad = [w for w in words if BOUNDARY in w]
+    if bad:
+        raise DataError(
+            f"data file {p}: {len(bad)} word(s) contain the boundary character {BOUNDARY!r}, "
+            f"which marks the start and end of words (first: {bad[0]!r})"
+        )
+    return words
+
+
+def split_words(words: list[str], cfg: DataConfig) -> tuple[list[str], list[str], list[str]]:
+    """Shuffle a copy of `words` with `cfg.seed`, then cut it into train/dev/test by fractions.
+
+    With the defaults this is the lectures' `random.seed(42); random.shuffle(words)` and cuts at
+    int(0.8 n) and int(0.9 n).
+    """
+    shuffled = list(words)
+    random.Random(cfg.seed).shuffle(shuffled)
+    n = len(shuffled)
+    n1 = int(cfg.train * n)
+    n2 = int((cfg.train + cfg.dev) * n)
+    parts = shuffled[:n1], shuffled[n1:n2], shuffled[n2:]
+    for name, part in zip(("train", "dev", "test"), parts, strict=True):
+        if not part:
+            raise DataError(
+                f"the {name} split is empty: {n} words split {cfg.train}/{cfg.dev}/{cfg.test}"
+            )
+    return parts
+
+
+def build_examples(words: list[str], vocab: Vocab, context_length: int) -> Examples:
+    """Every next-character example of `words` as context windows, built with tensor ops.
+
+    Each word w becomes the stream [0]*context_length + w + [0]; window i of it is the
+    `context_length` tokens before the target at position i. A word of n characters gives n + 1
+    examples.
+    """
+    if context_length < 1:
+        raise DataError(f"context_length must be >= 1, got {context_length}")
+    pad = [0] * context_length
+    stream: list[int] = []
+    is_target: list[bool] = []
+    for w in words:
+        stream += pad
+        stream += [vocab.stoi[c] for c in w]
+        stream.append(0)
+        is_target += [False] * context_length + [True] * (len(w) + 1)
+    tokens = torch.tensor(stream, dtype=torch.long)
+    targets = torch.nonzero(torch.tensor(is_target)).squeeze(1)  # (N,) positions in the stream
+    window = torch.arange(-context_length, 0)  # (T,)
+    X = tokens[targets[:, None] + window[None, :]]  # (N, T)
+    Y = tokens[targets]  # (N,)
+    return Examples(X, Y)
+
+
+@functools.lru_cache(maxsize=4)
+def _words_and_vocab(cfg: DataConfig) -> tuple[tuple[list[str], list[str], list[str]], Vocab]:
+    words = read_words(cfg.path)
+    # The vocabulary comes from all words, so that dev characters are never out of vocabulary.
+    return split_words(words, cfg), Vocab.from_words(words)
+
+
+@functools.lru_cache(maxsize=8)
+def load_search_data(cfg: DataConfig, context_length: int) -> SearchData:
+    """Train and dev examples for one context length (cached: trials reuse them)."""
+    (train_w, dev_w, _test_w), vocab = _words_and_vocab(cfg)
+    data = SearchData(
+        vocab=vocab,
+        train=build_examples(train_w, vocab, context_length),
+        dev=build_examples(dev_w, vocab, context_length),
+        context_length=context_length,
+    )
+    log.debug("data: %d train / %d dev examples", len(data.train), len(data.dev))
+    return data
+
+
+def load_test_examples(cfg: DataConfig, context_length: int) -> Examples:
+    """The sealed test split. Only the final evaluation may call this."""
+    (_train_w, _dev_w, test_w), vocab = _words_and_vocab(cfg)
+    return build_examples(test_w, vocab, context_length)
+
+
+def training_words(cfg: DataConfig) -> frozenset[str]:
+    """The training words, to tell sampled names that are new from those seen in training."""
+    (train_w, _dev_w, _test_w), _vocab = _words_and_vocab(cfg)
+    return frozenset(train_w)

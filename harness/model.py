@@ -1,0 +1,120 @@
+"""The Bengio et al. (2003) MLP language model, as in "makemore part 2", and sampling from it."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from harness.hparams import HParams
+
+# Gain for tanh layers (Kaiming et al.): keeps pre-activations near unit scale so tanh does not
+# saturate at initialization ("makemore part 3").
+TANH_GAIN = 5 / 3
+# The output layer starts small so that the initial softmax is near uniform: initial loss
+# about log(vocab_size) instead of confidently wrong.
+OUTPUT_SCALE = 0.01
+
+
+class MLP(nn.Module):
+    """Embedding -> concatenated context -> `hidden_layers` x (linear, tanh, dropout) -> logits."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        context_length: int,
+        embedding_dim: int,
+        hidden_width: int,
+        hidden_layers: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.context_length = context_length
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        layers: list[nn.Module] = []
+        fan_in = context_length * embedding_dim
+        for _ in range(hidden_layers):
+            layers += [nn.Linear(fan_in, hidden_width), nn.Tanh()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            fan_in = hidden_width
+        self.hidden = nn.Sequential(*layers)
+        self.output = nn.Linear(fan_in, vocab_size)
+        self.reset_parameters()
+
+    @classmethod
+    def from_hparams(cls, hp: HParams, vocab_size: int) -> MLP:
+        return cls(
+            vocab_size=vocab_size,
+            context_length=hp.context_length,
+            embedding_dim=hp.embedding_dim,
+            hidden_width=hp.hidden_width,
+            hidden_layers=hp.hidden_layers,
+            dropout=hp.dropout,
+        )
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Unit-normal embeddings, fan-in-scaled tanh layers, a small output layer."""
+        nn.init.normal_(self.embedding.weight)
+        for layer in self.hidden:
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, std=TANH_GAIN / math.sqrt(layer.in_features))
+                nn.init.zeros_(layer.bias)
+        nn.init.normal_(self.output.weight, std=OUTPUT_SCALE / math.sqrt(self.output.in_features))
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) int64 -> logits (B, vocab_size)."""
+        emb = self.embedding(idx)  # (B, T, E)
+        h = self.hidden(emb.flatten(1))  # (B, T*E) -> (B, H)
+        return self.output(h)  # (B, V)
+
+
+def n_params(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def mean_loss(model: MLP, X: torch.Tensor, Y: torch.Tensor, chunk: int = 65536) -> float:
+    """Mean cross-entropy of `model` on (X, Y), in eval mode, in fixed chunks (deterministic)."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=X.device)
+    for i in range(0, len(Y), chunk):
+        logits = model(X[i : i + chunk])
+        total += F.cross_entropy(logits, Y[i : i + chunk], reduction="sum").double()
+    model.train(was_training)
+    return total.item() / len(Y)
+
+
+@torch.no_grad()
+def sample(
+    model: MLP,
+    n: int,
+    *,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+    max_length: int = 32,
+) -> list[list[int]]:
+    """Sample `n` sequences of token indices; each stops at the boundary token (0) or max_length."""
+    model.eval()
+    device = next(model.parameters()).device
+    context = torch.zeros((n, model.context_length), dtype=torch.long, device=device)
+    out = torch.zeros((n, max_length), dtype=torch.long, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    for t in range(max_length):
+        probs = F.softmax(model(context) / temperature, dim=-1)  # (n, V)
+        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (n,)
+        nxt = torch.where(done, torch.zeros_like(nxt), nxt)
+        out[:, t] = nxt
+        done |= nxt == 0
+        if bool(done.all()):
+            break
+        context = torch.cat([context[:, 1:], nxt[:, None]], dim=1)
+    # Keep each row up to (not including) its first boundary token.
+    return [row[: row.index(0)] if 0 in row else row for row in out.tolist()]

@@ -1,0 +1,38 @@
+"""Where the harness keeps things on disk: everything lives under one results root.
+
+    mlruns/                 the root (HARNESS_ROOT overrides it); git-ignored
+      mlflow.db             MLflow's tracking store (sqlite)
+      artifacts/            MLflow's artifacts, one folder per experiment
+      optuna.journal        the embedded Optuna storage, shared safely by local processes
+      studies/<name>/       the harness's own outputs per study (leaderboard, plots, model)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def root() -> Path:
+    """The results root: $HARNESS_ROOT, else ./mlruns (relative to the working directory)."""
+    return Path(os.environ.get("HARNESS_ROOT", "mlruns"))
+
+
+def tracking_uri() -> str:
+    """The default MLflow tracking URI (MLflow 3.17 refuses a plain ./mlruns file store)."""
+    return f"sqlite:///{root().resolve() / 'mlflow.db'}"
+
+
+def artifacts_uri(experiment: str) -> str:
+    """Artifact location for an experiment in the default store."""
+    return (root().resolve() / "artifacts" / experiment).as_uri()
+
+
+def journal_path() -> Path:
+    """The embedded Optuna storage file."""
+    return root() / "optuna.journal"
+
+
+def study_dir(name: str) -> Path:
+    """The folder for one study's own outputs. `name` is validated by the spec (no '/' or '..')."""
+    return root() / "studies" / name

@@ -1,0 +1,559 @@
+"""Study files: YAML -> a frozen, validated StudySpec.
+
+Every error of a file is collected with its key path and raised once, as a SpecError. Unknown
+keys are rejected with the closest valid key suggested. `--set a.b=value` overrides are applied
+to the YAML before validation, so they are checked like the file itself.
+
+A study file has these top-level keys (all but `search` optional)::
+
+    name: quick                       # default: the file's stem
+    data: {path: null, train: 0.8, dev: 0.1, test: 0.1, seed: 42}
+    budget: {n_trials: 20, steps: 10000, eval_every: 500, timeout: null}
+    sampler: {type: tpe, seed: 0, ...}
+    pruner: {type: median, ...}
+    fixed: {context_length: 3, ...}   # hyperparameters held constant
+    search:                           # the space, in Optuna's terms
+      lr: {type: float, low: 1.0e-3, high: 0.3, log: true}
+      batch_size: [32, 64, 128]       # a list is a categorical
+      lr_schedule:
+        type: categorical
+        choices: [constant, step]
+        conditional:                  # parameters that exist only under one choice
+          step: {lr_step_factor: {type: float, low: 0.05, high: 0.5}}
+    storage: null                     # default: embedded journal file under mlruns/
+    tracking: {uri: null, experiment: null}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness import hparams
+from harness.data import DataConfig
+
+
+class SpecError(ValueError):
+    """A study file (or its overrides) is invalid. `errors` holds every problem found."""
+
+    def __init__(self, source: str, errors: Sequence[str]) -> None:
+        self.source = source
+        self.errors = list(errors)
+        lines = "\n".join(f"  - {e}" for e in self.errors)
+        n = len(self.errors)
+        super().__init__(f"{source}: {n} error{'s' if n != 1 else ''} in the study file\n{lines}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The spec
+
+
+@dataclass(frozen=True)
+class IntParam:
+    name: str
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class FloatParam:
+    name: str
+    low: float
+    high: float
+    step: float | None = None
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class CategoricalParam:
+    name: str
+    choices: tuple[Any, ...]
+    # choice -> the parameters that exist only when this parameter takes that choice
+    conditional: Mapping[Any, tuple[Param, ...]] = field(default_factory=dict)
+
+
+Param = IntParam | FloatParam | CategoricalParam
+
+
+@dataclass(frozen=True)
+class Budget:
+    n_trials: int = 20  # total trials of the study, across resumes and workers
+    steps: int = 10_000  # optimizer steps per trial
+    eval_every: int = 500  # steps between dev evaluations (and pruning decisions)
+    timeout: float | None = None  # seconds; stop starting new trials after this
+
+
+# Options each sampler and pruner accepts, with their types. `seed` is the sampler's base seed.
+SAMPLER_OPTIONS: Mapping[str, Mapping[str, type]] = {
+    "tpe": {"seed": int, "n_startup_trials": int, "multivariate": bool, "group": bool,
+            "constant_liar": bool},
+    "random": {"seed": int},
+    "qmc": {"seed": int, "qmc_type": str, "scramble": bool},
+    "grid": {"seed": int},
+    "cmaes": {"seed": int, "n_startup_trials": int, "sigma0": float},
+}
+PRUNER_OPTIONS: Mapping[str, Mapping[str, type]] = {
+    "none": {},
+    "median": {"n_startup_trials": int, "n_warmup_steps": int},
+    "successive_halving": {"min_resource": int, "reduction_factor": int,
+                           "min_early_stopping_rate": int},
+    "hyperband": {"min_resource": int, "reduction_factor": int},
+}
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    type: str = "tpe"
+    options: Mapping[str, Any] = field(default_factory=lambda: {"seed": 0})
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    type: str = "median"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    uri: str | None = None  # None: sqlite:///mlruns/mlflow.db
+    experiment: str | None = None  # None: the study's name
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    data: DataConfig
+    budget: Budget
+    sampler: SamplerSpec
+    pruner: PrunerSpec
+    fixed: Mapping[str, Any]
+    search: tuple[Param, ...]
+    storage: str | None
+    tracking: TrackingSpec
+    source: str  # the file it came from (for messages)
+    raw: Mapping[str, Any] = field(repr=False, compare=False)  # the YAML after overrides
+
+    def base_hparams(self, **params: Any) -> hparams.HParams:
+        """HParams from the defaults, the study's fixed values, then `params`."""
+        return hparams.make({**self.fixed, **params})
+
+    def search_names(self) -> list[str]:
+        """Names of every searched parameter, conditional ones included."""
+        return [p.name for p in iter_params(self.search)]
+
+
+def iter_params(params: Sequence[Param]) -> Iterator[Param]:
+    """Every parameter of a space, depth first, conditional ones included."""
+    for p in params:
+        yield p
+        if isinstance(p, CategoricalParam):
+            for sub in p.conditional.values():
+                yield from iter_params(sub)
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, reading `1e-4` as a float (YAML 1.1 would read it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML safely; a syntax error becomes a SpecError with line and column."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SpecError(source, [f"YAML syntax error: {where}{exc.problem or exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(source, [f"YAML error: {exc}"]) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers: each appends to `errors` and returns a usable value.
+
+_MISSING = object()
+
+
+def _suggest(key: str, allowed: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _mapping(value: Any, path: str, errors: list[str]) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        errors.append(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {}
+    return value
+
+
+def _reject_unknown(d: Mapping[str, Any], allowed: Sequence[str], path: str,
+                    errors: list[str]) -> None:
+    for key in d:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            errors.append(f"{where}: unknown key{_suggest(str(key), allowed)}; "
+                          f"valid keys: {', '.join(allowed)}")
+
+
+def _typed(value: Any, kind: type, path: str, errors: list[str]) -> Any:
+    """`value` if it is a `kind` (an int passes as float, a bool never as a number), else _MISSING."""
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        errors.append(f"{path}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return _MISSING
+    if kind is float and not math.isfinite(value):
+        errors.append(f"{path}: must be finite, got {value}")
+        return _MISSING
+    return value
+
+
+def _get(d: Mapping[str, Any], key: str, kind: type, default: Any, path: str,
+         errors: list[str], *, optional: bool = False) -> Any:
+    """d[key] checked as `kind` (or None when `optional`); the default when absent or invalid."""
+    if key not in d:
+        return default
+    value = d[key]
+    if value is None and optional:
+        return None
+    got = _typed(value, kind, f"{path}.{key}" if path else key, errors)
+    return default if got is _MISSING else got
+
+
+def _dataclass_keys(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+TOP_LEVEL = ("name", "data", "budget", "sampler", "pruner", "fixed", "search", "storage",
+             "tracking")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _parse_data(raw: Any, errors: list[str]) -> DataConfig:
+    d = _mapping(raw, "data", errors)
+    keys = _dataclass_keys(DataConfig)
+    _reject_unknown(d, keys, "data", errors)
+    default = DataConfig()
+    cfg = DataConfig(
+        path=_get(d, "path", str, default.path, "data", errors, optional=True),
+        train=_get(d, "train", float, default.train, "data", errors),
+        dev=_get(d, "dev", float, default.dev, "data", errors),
+        test=_get(d, "test", float, default.test, "data", errors),
+        seed=_get(d, "seed", int, default.seed, "data", errors),
+    )
+    fractions = {"train": cfg.train, "dev": cfg.dev, "test": cfg.test}
+    for k, v in fractions.items():
+        if not 0 < v < 1:
+            errors.append(f"data.{k}: the split fraction must be in (0, 1), got {v}")
+    total = sum(fractions.values())
+    if abs(total - 1) > 1e-6:
+        errors.append(f"data: split fractions train + dev + test must sum to 1, got {total:g}")
+    return cfg
+
+
+def _parse_budget(raw: Any, errors: list[str]) -> Budget:
+    d = _mapping(raw, "budget", errors)
+    _reject_unknown(d, _dataclass_keys(Budget), "budget", errors)
+    default = Budget()
+    b = Budget(
+        n_trials=_get(d, "n_trials", int, default.n_trials, "budget", errors),
+        steps=_get(d, "steps", int, default.steps, "budget", errors),
+        eval_every=_get(d, "eval_every", int, default.eval_every, "budget", errors),
+        timeout=_get(d, "timeout", float, default.timeout, "budget", errors, optional=True),
+    )
+    for key in ("n_trials", "steps", "eval_every"):
+        if getattr(b, key) < 1:
+            errors.append(f"budget.{key}: must be >= 1, got {getattr(b, key)}")
+    if b.eval_every > b.steps >= 1:
+        errors.append(f"budget.eval_every: {b.eval_every} is larger than budget.steps {b.steps}; "
+                      "no evaluation would happen before the end")
+    if b.timeout is not None and b.timeout <= 0:
+        errors.append(f"budget.timeout: must be > 0 seconds, got {b.timeout}")
+    return b
+
+
+def _parse_choice(raw: Any, section: str, table: Mapping[str, Mapping[str, type]],
+                  default_type: str, errors: list[str]) -> tuple[str, dict[str, Any]]:
+    """A `{type: ..., option: value}` section whose options depend on its type."""
+    if isinstance(raw, str):
+        raw = {"type": raw}
+    d = _mapping(raw, section, errors)
+    kind = d.get("type", default_type)
+    if not isinstance(kind, str) or kind not in table:
+        errors.append(f"{section}.type: unknown {section} {kind!r}{_suggest(str(kind), table)}; "
+                      f"choose one of {', '.join(table)}")
+        return default_type, {}
+    options = {k: v for k, v in d.items() if k != "type"}
+    _reject_unknown(options, list(table[kind]), section, errors)
+    out = {}
+    for key, kind_of in table[kind].items():
+        if key in options:
+            value = _get(options, key, kind_of, _MISSING, section, errors)
+            if value is not _MISSING:
+                out[key] = value
+    return kind, out
+
+
+def _parse_fixed(raw: Any, errors: list[str]) -> dict[str, Any]:
+    d = _mapping(raw, "fixed", errors)
+    out = {}
+    for key, value in d.items():
+        if key not in hparams.NAMES:
+            errors.append(f"fixed.{key}: unknown hyperparameter{_suggest(str(key), hparams.NAMES)}")
+        elif why := hparams.check_value(key, value):
+            errors.append(f"fixed.{key}: {why}")
+        else:
+            out[key] = hparams.coerce(key, value)
+    return out
+
+
+_PARAM_KEYS = {
+    "int": ("type", "low", "high", "step", "log"),
+    "float": ("type", "low", "high", "step", "log"),
+    "categorical": ("type", "choices", "conditional"),
+}
+
+
+def _parse_param(name: str, raw: Any, path: str, errors: list[str]) -> Param | None:
+    """One search parameter; None when it is too broken to use."""
+    if name not in hparams.NAMES:
+        errors.append(f"{path}: unknown hyperparameter{_suggest(name, hparams.NAMES)}")
+        return None
+    if isinstance(raw, list):  # shorthand: a list of choices
+        raw = {"type": "categorical", "choices": raw}
+    d = _mapping(raw, path, errors)
+    if not d:
+        errors.append(f"{path}: needs a type (int, float or categorical) and its bounds or choices")
+        return None
+    kind = d.get("type")
+    if kind not in _PARAM_KEYS:
+        errors.append(f"{path}.type: must be int, float or categorical, got {kind!r}")
+        return None
+    _reject_unknown(d, _PARAM_KEYS[kind], path, errors)
+    if kind == "categorical":
+        return _parse_categorical(name, d, path, errors)
+
+    hp_type = hparams.TYPES[name]
+    if kind == "int" and hp_type is not int or kind == "float" and hp_type is not float:
+        errors.append(f"{path}.type: {name} is a {hp_type.__name__} hyperparameter, "
+                      f"so its type must be {'int' if hp_type is int else 'float'}")
+        return None
+    num = int if kind == "int" else float
+    n_before = len(errors)
+    for key in ("low", "high"):
+        if key not in d:
+            errors.append(f"{path}.{key}: required for a {kind} parameter")
+    low = _get(d, "low", num, None, path, errors)
+    high = _get(d, "high", num, None, path, errors)
+    log = _get(d, "log", bool, False, path, errors)
+    step = _get(d, "step", num, 1 if num is int else None, path, errors, optional=True)
+    if len(errors) > n_before or low is None or high is None:
+        return None
+    if low > high:
+        errors.append(f"{path}: low ({low}) is greater than high ({high})")
+    if log and low <= 0:
+        errors.append(f"{path}: a log scale needs low > 0, got low = {low}")
+    if step is not None and step <= 0:
+        errors.append(f"{path}.step: must be > 0, got {step}")
+    if log and step not in (None, 1):
+        errors.append(f"{path}: step and log cannot be used together")
+    for key, bound in (("low", low), ("high", high)):
+        if why := hparams.check_value(name, bound):
+            errors.append(f"{path}.{key}: {why}")
+    if num is int:
+        return IntParam(name, low, high, step=step or 1, log=log)
+    return FloatParam(name, low, high, step=step, log=log)
+
+
+def _parse_categorical(name: str, d: Mapping[str, Any], path: str,
+                       errors: list[str]) -> CategoricalParam | None:
+    choices = d.get("choices")
+    if not isinstance(choices, list) or not choices:
+        errors.append(f"{path}.choices: must be a non-empty list, got {choices!r}")
+        return None
+    ok = True
+    seen: list[Any] = []
+    for i, choice in enumerate(choices):
+        if why := hparams.check_value(name, choice):
+            errors.append(f"{path}.choices[{i}]: {why}")
+            ok = False
+        elif choice in seen:
+            errors.append(f"{path}.choices[{i}]: {choice!r} is listed twice")
+            ok = False
+        seen.append(choice)
+    conditional: dict[Any, tuple[Param, ...]] = {}
+    for choice, sub in _mapping(d.get("conditional"), f"{path}.conditional", errors).items():
+        sub_path = f"{path}.conditional.{choice}"
+        if choice not in choices:
+            errors.append(f"{sub_path}: {choice!r} is not one of the choices {choices}")
+            ok = False
+            continue
+        conditional[choice] = _parse_space(sub, sub_path, errors)
+    if not ok:
+        return None
+    coerced = tuple(hparams.coerce(name, c) for c in choices)
+    return CategoricalParam(name, coerced, conditional)
+
+
+def _parse_space(raw: Any, path: str, errors: list[str]) -> tuple[Param, ...]:
+    d = _mapping(raw, path, errors)
+    params = [_parse_param(str(k), v, f"{path}.{k}", errors) for k, v in d.items()]
+    return tuple(p for p in params if p is not None)
+
+
+def _parse_tracking(raw: Any, errors: list[str]) -> TrackingSpec:
+    d = _mapping(raw, "tracking", errors)
+    _reject_unknown(d, _dataclass_keys(TrackingSpec), "tracking", errors)
+    return TrackingSpec(
+        uri=_get(d, "uri", str, None, "tracking", errors, optional=True),
+        experiment=_get(d, "experiment", str, None, "tracking", errors, optional=True),
+    )
+
+
+def validate(raw: Any, source: str, default_name: str) -> StudySpec:
+    """Check a parsed study file; raise SpecError with every problem, or return the spec."""
+    errors: list[str] = []
+    top = _mapping(raw, "(top level)", errors)
+    _reject_unknown(top, TOP_LEVEL, "", errors)
+
+    name = top.get("name", default_name)
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        errors.append(f"name: {name!r} is not a valid study name: use letters, digits, '.', '_' "
+                      "and '-' (it names files and the MLflow experiment)")
+        name = default_name
+    data = _parse_data(top.get("data"), errors)
+    budget = _parse_budget(top.get("budget"), errors)
+    sampler_type, sampler_opts = _parse_choice(top.get("sampler"), "sampler", SAMPLER_OPTIONS,
+                                               "tpe", errors)
+    sampler_opts.setdefault("seed", 0)
+    pruner_type, pruner_opts = _parse_choice(top.get("pruner"), "pruner", PRUNER_OPTIONS,
+                                             "median", errors)
+    fixed = _parse_fixed(top.get("fixed"), errors)
+    search = _parse_space(top.get("search"), "search", errors)
+    storage = _get(top, "storage", str, None, "", errors, optional=True)
+    tracking = _parse_tracking(top.get("tracking"), errors)
+
+    seen: set[str] = set()
+    for p in iter_params(search):
+        if p.name in seen:
+            errors.append(f"search: {p.name} is searched more than once")
+        if p.name in fixed:
+            errors.append(f"search.{p.name}: also set in fixed; a parameter is fixed or searched")
+        seen.add(p.name)
+    if sampler_type == "grid":
+        for p in iter_params(search):
+            if isinstance(p, FloatParam) and p.step is None:
+                errors.append(f"search.{p.name}: the grid sampler needs a step for float ranges")
+            if isinstance(p, CategoricalParam) and p.conditional:
+                errors.append(f"search.{p.name}: the grid sampler does not support conditional "
+                              "parameters")
+    if errors:
+        raise SpecError(source, errors)
+    return StudySpec(
+        name=name, data=data, budget=budget,
+        sampler=SamplerSpec(sampler_type, sampler_opts), pruner=PrunerSpec(pruner_type, pruner_opts),
+        fixed=fixed, search=search, storage=storage, tracking=tracking, source=source, raw=top,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides and loading
+
+
+def parse_assignments(items: Sequence[str], flag: str, source: str) -> dict[str, Any]:
+    """`KEY=VALUE` strings -> {KEY: value}, each value parsed as YAML (`1e-4` is a float)."""
+    errors: list[str] = []
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not all(key.split(".")):
+            errors.append(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} budget.n_trials=4")
+            continue
+        try:
+            out[key] = yaml.load(text, Loader=_Loader) if text.strip() else None  # noqa: S506
+        except yaml.YAMLError:
+            out[key] = text
+    if errors:
+        raise SpecError(source, errors)
+    return out
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str],
+                    source: str) -> dict[str, Any]:
+    """Apply `--set key.path=value` overrides to a copy of the study mapping."""
+    errors: list[str] = []
+    out = _deepcopy_mapping(raw)
+    for key, value in parse_assignments(overrides, "--set", source).items():
+        parts = key.split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                errors.append(f"--set {key}: {'.'.join(parts[: i + 1])} is not a mapping")
+                break
+        else:
+            node[parts[-1]] = value
+    if errors:
+        raise SpecError(source, errors)
+    return out
+
+
+def _deepcopy_mapping(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deepcopy_mapping(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
+    """Read, override and validate a study file. Raises SpecError (all problems at once)."""
+    p = Path(path)
+    source = str(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(source, ["study file not found"]) from None
+    except IsADirectoryError:
+        raise SpecError(source, ["this is a directory, not a study file"]) from None
+    except UnicodeDecodeError:
+        raise SpecError(source, ["the study file is not UTF-8 text"]) from None
+    except OSError as exc:
+        raise SpecError(source, [f"cannot read the study file: {exc.strerror}"]) from None
+    raw = parse_yaml(text, source)
+    if raw is not None and not isinstance(raw, dict):
+        raise SpecError(source, [f"a study file is a mapping of keys, got {type(raw).__name__}"])
+    raw = apply_overrides(raw or {}, overrides, source)
+    return validate(raw, source, default_name=p.stem)

@@ -1,0 +1,223 @@
+"""The one training loop. Trials and the final model both call `train`.
+
+It takes hyperparameters, data and a step budget, calls `on_eval` after every evaluation, and
+returns a `TrainResult`. It knows nothing of Optuna or MLflow: the study driver adapts it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from harness.data import SearchData
+from harness.hparams import HParams
+from harness.model import MLP, mean_loss, n_params
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN, infinite, or far worse than guessing; training cannot recover."""
+
+    def __init__(self, step: int, what: str, value: float, limit: float) -> None:
+        why = "not finite" if not math.isfinite(value) else f"above the divergence limit {limit:.2f}"
+        super().__init__(f"training diverged: {what} {value:.4g} at step {step} is {why}")
+        self.step = step
+        self.what = what
+        self.value = value
+
+
+# A loss this many times that of uniform guessing (log vocab_size) means training has diverged:
+# a sane run starts near 1x (the small output layer) and only goes down.
+DIVERGENCE_FACTOR = 10.0
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation, handed to `on_eval`."""
+
+    step: int  # optimizer steps done so far
+    dev_loss: float  # mean loss on the whole dev split
+    train_loss: float  # mean minibatch loss over the steps since the last evaluation
+    lr: float  # learning rate of the last step
+    elapsed_s: float  # wall time since training started
+
+
+# Called after each evaluation; returning True stops training early (the driver's pruning).
+OnEval = Callable[[Evaluation], bool | None]
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced. `model` holds the weights of the best dev evaluation."""
+
+    best_dev_loss: float
+    best_step: int
+    dev_curve: list[tuple[int, float]]
+    train_curve: list[tuple[int, float]]
+    steps: int  # steps actually run
+    stopped_early: bool  # True when on_eval asked to stop
+    steps_per_sec: float  # optimizer steps per second, evaluations excluded
+    elapsed_s: float
+    n_params: int
+    model: MLP = field(repr=False)
+
+    @property
+    def dev_loss(self) -> float:
+        """The dev loss of the last evaluation."""
+        return self.dev_curve[-1][1]
+
+    @property
+    def train_loss(self) -> float:
+        return self.train_curve[-1][1]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready figures (no curves, no model)."""
+        return {
+            "best_dev_loss": self.best_dev_loss,
+            "best_step": self.best_step,
+            "dev_loss": self.dev_loss,
+            "train_loss": self.train_loss,
+            "steps": self.steps,
+            "stopped_early": self.stopped_early,
+            "steps_per_sec": self.steps_per_sec,
+            "elapsed_s": self.elapsed_s,
+            "n_params": self.n_params,
+        }
+
+
+def lr_at(hp: HParams, step: int, total_steps: int) -> float:
+    """Learning rate for optimizer step `step` (0-based) of `total_steps`."""
+    if hp.lr_schedule == "constant":
+        return hp.lr
+    if hp.lr_schedule == "step":
+        # The lecture's drop: lr until a fraction of the steps, then lr * factor.
+        return hp.lr if step < hp.lr_step_at * total_steps else hp.lr * hp.lr_step_factor
+    if hp.lr_schedule == "cosine":
+        warmup = int(hp.warmup_frac * total_steps)
+        if step < warmup:
+            return hp.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        floor = hp.lr * hp.lr_min_frac
+        return floor + (hp.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown lr_schedule {hp.lr_schedule!r}")
+
+
+def make_optimizer(hp: HParams, model: MLP) -> torch.optim.Optimizer:
+    """The optimizer named by `hp.optimizer`, at `hp.lr` (the schedule sets lr each step)."""
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    if hp.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    raise ValueError(f"unknown optimizer {hp.optimizer!r}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train(
+    hp: HParams,
+    data: SearchData,
+    *,
+    steps: int,
+    eval_every: int,
+    on_eval: OnEval | None = None,
+    device: str = "cpu",
+) -> TrainResult:
+    """Train the MLP of `hp` on `data.train` for `steps` steps, evaluating on `data.dev`.
+
+    Evaluates every `eval_every` steps and after the last step. Raises TrainingDiverged on a
+    non-finite loss and ValueError on a config the data cannot serve.
+    """
+    if steps < 1 or eval_every < 1:
+        raise ValueError(f"steps and eval_every must be >= 1, got {steps} and {eval_every}")
+    if hp.context_length != data.context_length:
+        raise ValueError(
+            f"data was built for context_length {data.context_length}, hp has {hp.context_length}"
+        )
+    if hp.batch_size > len(data.train):
+        raise ValueError(
+            f"batch_size {hp.batch_size} is larger than the {len(data.train)} training examples"
+        )
+    dev = resolve_device(device)
+    # Same seed, same result: one generator seeds the init, another draws the batches.
+    torch.manual_seed(hp.seed)
+    batch_gen = torch.Generator(device=dev).manual_seed(hp.seed)
+    model = MLP.from_hparams(hp, len(data.vocab)).to(dev)
+    optimizer = make_optimizer(hp, model)
+    Xtr, Ytr = data.train.X.to(dev), data.train.Y.to(dev)  # (N, T), (N,)
+    Xdev, Ydev = data.dev.X.to(dev), data.dev.Y.to(dev)
+
+    dev_curve: list[tuple[int, float]] = []
+    train_curve: list[tuple[int, float]] = []
+    best_loss, best_step, best_state = math.inf, 0, None
+    loss_sum = torch.zeros((), device=dev)  # summed minibatch losses since the last eval
+    stopped_early = False
+    limit = DIVERGENCE_FACTOR * math.log(len(data.vocab))
+    eval_time = 0.0
+    started = time.perf_counter()
+    step = 0
+    while step < steps:
+        # Minibatch: batch_size random training examples.
+        ix = torch.randint(0, len(Ytr), (hp.batch_size,), device=dev, generator=batch_gen)
+        logits = model(Xtr[ix])  # (B, V)
+        loss = F.cross_entropy(logits, Ytr[ix])
+
+        # Backward and update at this step's learning rate.
+        lr = lr_at(hp, step, steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach()  # no host sync per step: read only at evaluations
+        step += 1
+
+        if step % eval_every and step != steps:
+            continue
+        # Evaluate on the whole dev split; this is where the host reads the loss.
+        t0 = time.perf_counter()
+        n_since = step - (train_curve[-1][0] if train_curve else 0)
+        train_loss = loss_sum.item() / n_since
+        loss_sum.zero_()
+        if not train_loss < limit:  # also catches NaN
+            raise TrainingDiverged(step, "train loss", train_loss, limit)
+        dev_loss = mean_loss(model, Xdev, Ydev)
+        if not dev_loss < limit:
+            raise TrainingDiverged(step, "dev loss", dev_loss, limit)
+        dev_curve.append((step, dev_loss))
+        train_curve.append((step, train_loss))
+        if dev_loss < best_loss:
+            best_loss, best_step = dev_loss, step
+            best_state = copy.deepcopy(model.state_dict())
+        eval_time += time.perf_counter() - t0
+        ev = Evaluation(step, dev_loss, train_loss, lr, time.perf_counter() - started)
+        if on_eval is not None and on_eval(ev):
+            stopped_early = step < steps
+            break
+
+    elapsed = time.perf_counter() - started
+    assert best_state is not None  # at least one evaluation ran (steps >= 1)
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(
+        best_dev_loss=best_loss,
+        best_step=best_step,
+        dev_curve=dev_curve,
+        train_curve=train_curve,
+        steps=step,
+        stopped_early=stopped_early,
+        steps_per_sec=step / max(elapsed - eval_time, 1e-9),
+        elapsed_s=elapsed,
+        n_params=n_params(model),
+        model=model,
+    )

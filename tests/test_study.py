@@ -1,0 +1,105 @@
+"""End-to-end: tiny studies checked through the Optuna storage, the MLflow store and the CSV."""
+
+from __future__ import annotations
+
+import optuna
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from harness import paths
+from harness.leaderboard import build
+from harness.spec import load_spec
+from harness.study import counted_trials, load_study, open_storage, run_search
+
+from .conftest import tiny_study
+
+pytestmark = pytest.mark.slow
+
+
+def trial_runs(experiment: str):
+    client = MlflowClient(paths.tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return client, [r for r in runs if r.data.tags.get("harness.role") == "trial"]
+
+
+def test_tiny_study_end_to_end(write_study):
+    spec = load_spec(write_study(tiny_study()))
+    study = run_search(spec)
+
+    # Optuna storage: exactly n_trials, all complete, each with its full config and run id.
+    trials = load_study(spec).trials
+    assert len(trials) == 3
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert all(sorted(t.intermediate_values) == [50, 100, 150, 200] for t in trials)
+    assert all(t.user_attrs["config"]["hidden_width"] == 32 for t in trials)
+
+    # MLflow: one child run per trial under the study's parent, same param keys, dev_loss curve.
+    client, runs = trial_runs("tiny")
+    assert len(runs) == 3
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent}
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len({frozenset(r.data.params) for r in runs}) == 1
+    assert {"trial_number", "lr", "batch_size", "hidden_width", "seed"} <= set(runs[0].data.params)
+    by_id = {t.user_attrs["mlflow_run_id"]: t for t in trials}
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "dev_loss")
+        assert [m.step for m in history] == [50, 100, 150, 200]
+        trial = by_id[run.info.run_id]
+        assert run.data.metrics["best_dev_loss"] == pytest.approx(trial.value)
+        assert run.data.params["trial_number"] == str(trial.number)
+    assert client.get_run(parent).info.status == "FINISHED"
+
+    # Leaderboard CSV written by the study: ranked by best dev loss.
+    df = pd.read_csv(paths.study_dir("tiny") / "leaderboard.csv")
+    assert list(df["rank"]) == [1, 2, 3]
+    assert list(df["best_dev_loss"]) == sorted(t.value for t in trials)
+    assert set(df["mlflow_run_id"]) == {r.info.run_id for r in runs}
+
+
+def test_rerun_does_not_add_trials_and_resume_completes(write_study):
+    path = write_study(tiny_study(budget={"n_trials": 2, "steps": 100, "eval_every": 50}))
+    run_search(load_spec(path))
+    run_search(load_spec(path))
+    assert counted_trials(load_study(load_spec(path))) == 2
+    # Raising the total resumes the same study up to the new total.
+    study = run_search(load_spec(path, ["budget.n_trials=3"]))
+    assert counted_trials(study) == 3
+    _, runs = trial_runs("tiny")
+    assert len(runs) == 3
+
+
+def test_pruned_and_diverged_trials_are_recorded_and_the_study_goes_on(write_study):
+    study_file = tiny_study(
+        budget={"n_trials": 4, "steps": 300, "eval_every": 50},
+        pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        search={"lr": [1.0e-2, 1.0e6, 1.0e-4, 3.0e-3]},
+    )
+    spec = load_spec(write_study(study_file))
+    # Fix the order: a good trial, then one that diverges, then one far worse than the first
+    # (the median pruner stops it at its first report).
+    pre = optuna.create_study(storage=open_storage(spec), study_name=spec.name)
+    for lr in (1.0e-2, 1.0e6, 1.0e-4, 3.0e-3):
+        pre.enqueue_trial({"lr": lr, "batch_size": 32})
+    study = run_search(spec)
+    states = {t.params["lr"]: t.state.name for t in study.trials}
+    assert len(study.trials) == 4
+    assert states[1.0e-2] == "COMPLETE"
+    assert states[1.0e6] == "FAIL"
+    assert states[1.0e-4] == "PRUNED"
+    assert study.trials[2].user_attrs["steps"] == 50
+
+    failed = next(t for t in study.trials if t.state.name == "FAIL")
+    assert "diverged" in failed.user_attrs["fail_reason"]
+
+    client, runs = trial_runs("tiny")
+    status = {r.data.params["trial_number"]: r.info.status for r in runs}
+    expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+    assert status == {str(t.number): expected[t.state.name] for t in study.trials}
+
+    df = build(study)
+    assert list(df["state"]) == sorted(df["state"], key=["COMPLETE", "PRUNED", "FAIL"].index)
+    assert df["rank"].notna().sum() == sum(s == "COMPLETE" for s in states.values())
+    assert "diverged" in df.loc[df["state"] == "FAIL", "fail_reason"].iloc[0]

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from harness.data import DataConfig, load_search_data
+from harness.hparams import HParams
+from harness.model import mean_loss
+from harness.train import TrainingDiverged, lr_at, train
+
+SMALL = dict(context_length=3, embedding_dim=8, hidden_width=32, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_search_data(DataConfig(), 3)
+
+
+def test_loss_goes_down(data):
+    result = train(HParams(**SMALL), data, steps=400, eval_every=100)
+    devs = [loss for _, loss in result.dev_curve]
+    assert [s for s, _ in result.dev_curve] == [100, 200, 300, 400]
+    assert devs[-1] < devs[0] < math.log(27)
+    assert result.best_dev_loss < 2.7
+    assert len(result.train_curve) == 4 and result.steps == 400
+    assert result.steps_per_sec > 0 and result.n_params > 0
+
+
+def test_same_seed_same_result_and_other_seed_differs(data):
+    a = train(HParams(**SMALL, seed=1), data, steps=150, eval_every=50)
+    b = train(HParams(**SMALL, seed=1), data, steps=150, eval_every=50)
+    c = train(HParams(**SMALL, seed=2), data, steps=150, eval_every=50)
+    assert a.dev_curve == b.dev_curve and a.train_curve == b.train_curve
+    assert a.dev_curve != c.dev_curve
+
+
+def test_returned_model_holds_the_best_weights(data):
+    result = train(HParams(**SMALL), data, steps=200, eval_every=50)
+    assert mean_loss(result.model, data.dev.X, data.dev.Y) == pytest.approx(result.best_dev_loss)
+
+
+def test_callback_sees_each_evaluation_and_can_stop_training(data):
+    seen = []
+
+    def on_eval(ev):
+        seen.append(ev.step)
+        return ev.step >= 100
+
+    result = train(HParams(**SMALL), data, steps=500, eval_every=50, on_eval=on_eval)
+    assert seen == [50, 100]
+    assert result.stopped_early and result.steps == 100
+
+
+def test_last_step_is_always_evaluated(data):
+    result = train(HParams(**SMALL), data, steps=120, eval_every=50)
+    assert [s for s, _ in result.dev_curve] == [50, 100, 120]
+
+
+def test_adamw_dropout_and_depth_train(data):
+    hp = HParams(**SMALL, optimizer="adamw", lr=3e-3, hidden_layers=2, dropout=0.1,
+                 lr_schedule="cosine", warmup_frac=0.1, weight_decay=0.01)
+    result = train(hp, data, steps=300, eval_every=100)
+    assert result.best_dev_loss < 2.8
+
+
+@pytest.mark.parametrize(("lr", "why"), [(1.0e6, "above the divergence limit"),
+                                         (float("inf"), "not finite")])
+def test_divergence_raises_a_typed_error(data, lr, why):
+    hp = HParams(**SMALL, lr=lr)  # built directly: make() would refuse an infinite lr
+    with pytest.raises(TrainingDiverged, match=why) as info:
+        train(hp, data, steps=200, eval_every=50)
+    assert info.value.step == 50
+
+
+def test_batch_larger_than_training_set(data):
+    hp = HParams(**{**SMALL, "batch_size": len(data.train) + 1})
+    with pytest.raises(ValueError, match="larger than"):
+        train(hp, data, steps=10, eval_every=5)
+
+
+def test_schedules():
+    step = HParams(lr=0.1, lr_schedule="step", lr_step_factor=0.1, lr_step_at=0.5)
+    assert [lr_at(step, s, 100) for s in (0, 49, 50, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01])
+    const = HParams(lr=0.3, lr_schedule="constant")
+    assert lr_at(const, 0, 10) == lr_at(const, 9, 10) == 0.3
+    cos = HParams(lr=1.0, lr_schedule="cosine", warmup_frac=0.1, lr_min_frac=0.1)
+    assert lr_at(cos, 0, 100) == pytest.approx(0.1)  # warmup starts low
+    assert lr_at(cos, 9, 100) == pytest.approx(1.0)  # and reaches lr
+    assert lr_at(cos, 10, 100) == pytest.approx(1.0)
+    assert lr_at(cos, 100, 100) == pytest.approx(0.1)  # floor at the end
+    values = [lr_at(cos, s, 100) for s in range(10, 100)]
+    assert values == sorted(values, reverse=True)
