@@ -20,8 +20,10 @@ EXIT_INTERRUPTED = 130
 
 EPILOG = """\
 examples:
-  harness run-study studies/quick.yaml               a real search, minutes on a laptop
+  harness run-study studies/quick.yaml               a real search, then the final model
   harness leaderboard studies/quick.yaml --out leaderboard.csv
+  harness finalize studies/quick.yaml                choose on dev, then test once
+  harness sample studies/quick.yaml -n 20 --seed 0   names from the final model
   harness train studies/lecture.yaml --json          the lecture's config, no search
   harness train studies/quick.yaml --param lr=0.05 --param hidden_width=128
   mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db   compare the trials
@@ -44,12 +46,12 @@ class Progress:
         self.started: dict[int, float] = {}
         self.header = ""
 
-    def _status(self, text: str) -> None:
+    def status(self, text: str) -> None:
         if self.live:
             self.stream.write("\r\033[K" + text)
             self.stream.flush()
 
-    def _line(self, text: str) -> None:
+    def line(self, text: str) -> None:
         if self.live:
             self.stream.write("\r\033[K")
         self.stream.write(text + "\n")
@@ -59,7 +61,7 @@ class Progress:
         self.started[number] = time.monotonic()
 
     def evaluated(self, number: int, ev: Any, steps: int) -> None:
-        self._status(f"{self.header}trial {number}: step {ev.step}/{steps}  "
+        self.status(f"{self.header}trial {number}: step {ev.step}/{steps}  "
                      f"dev {ev.dev_loss:.4f}  train {ev.train_loss:.4f}")
 
     def trial_finished(self, trial: Any, done: int, total: int, best: float | None) -> None:
@@ -71,7 +73,7 @@ class Progress:
             figure = attrs.get("fail_reason", "failed")
         best_text = f"{best:.4f}" if best is not None else "-"
         self.header = f"[{done}/{total} trials, best {best_text}] "
-        self._line(f"[{done}/{total}] trial {trial.number:>3} {trial.state.name:<8} "
+        self.line(f"[{done}/{total}] trial {trial.number:>3} {trial.state.name:<8} "
                    f"{figure}  ({elapsed:.1f} s)  best so far {best_text}")
 
 
@@ -104,6 +106,73 @@ def cmd_run_study(args: argparse.Namespace) -> int:
 
     print(f"leaderboard: {paths.study_dir(spec.name) / 'leaderboard.csv'}")
     print(f"MLflow UI:   mlflow ui --backend-store-uri {spec.tracking.uri or paths.tracking_uri()}")
+    if args.no_finalize or not spec.finalize.enabled:
+        return 0
+    from harness.final import AlreadyFinalized
+
+    try:
+        return _finalize_and_report(spec, force=False, device=args.device)
+    except AlreadyFinalized as exc:
+        print(f"already finalized: test loss {exc.record['test_mean']:.4f} "
+              f"+- {exc.record['test_std']:.4f} (harness finalize --force to redo)")
+        return 0
+
+
+def _finalize_and_report(spec: Any, *, force: bool, device: str) -> int:
+    from harness.final import finalize
+
+    progress = Progress()
+    header = [f"finalizing {spec.name}: top {spec.finalize.top_k} trials x {spec.finalize.seeds} "
+              "seeds, chosen on mean dev loss; then the test split, once"]
+
+    def report(message: str) -> None:
+        if header:  # printed once work starts, not when finalize refuses up front
+            progress.line(header.pop())
+        progress.status(message)
+
+    record = finalize(spec, force=force, device=device, progress=report)
+    progress.status("")
+    print(format_final(record))
+    return 0
+
+
+def format_final(record: Mapping[str, Any]) -> str:
+    """The finalize report: a person reads it at a glance."""
+    lines = [f"final model of study {record['study']} (trial {record['chosen_trial']}, "
+             f"{record['n_params']:,} parameters)"]
+    lines += ["  candidates (dev loss, mean +- std over seeds " +
+              ", ".join(map(str, record["seeds"])) + "):"]
+    for c in record["candidates"]:
+        mark = "*" if c["trial"] == record["chosen_trial"] else " "
+        lines.append(f"   {mark} trial {c['trial']:>4}: {c['dev_mean']:.4f} +- {c['dev_std']:.4f}")
+    lines += [
+        f"  dev loss   {record['dev_mean']:.4f} +- {record['dev_std']:.4f}",
+        f"  test loss  {record['test_mean']:.4f} +- {record['test_std']:.4f}"
+        + (f"   (test split evaluated {record['test_evaluations']} times)"
+           if record["test_evaluations"] > 1 else ""),
+        "  config:    " + ", ".join(f"{k}={v}" for k, v in record["config"].items()),
+    ]
+    if record["samples"]:
+        novel = record["novel_share"]
+        lines.append(f"  samples:   {' '.join(record['samples'][:10])}"
+                     f"   ({novel:.0%} not in the training words)")
+    lines += [f"  model:     {record['model_path']}",
+              f"  MLflow:    run {record['mlflow_run_id']} (the 'final model' run of the study)"]
+    return "\n".join(lines)
+
+
+def cmd_finalize(args: argparse.Namespace) -> int:
+    return _finalize_and_report(_load(args), force=args.force, device=args.device)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from harness.final import final_model
+    from harness.model import sample_words
+
+    model, _hp, itos = final_model(_load(args))
+    for word in sample_words(model, itos, args.n, seed=args.seed, temperature=args.temperature,
+                             max_length=args.max_length):
+        print(word)
     return 0
 
 
@@ -121,12 +190,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     progress = Progress()
 
     def on_eval(ev: Any) -> None:
-        progress.evaluated(0, ev, spec.budget.steps)
+        text = (f"step {ev.step}/{spec.budget.steps}  dev {ev.dev_loss:.4f}  "
+                f"train {ev.train_loss:.4f}  lr {ev.lr:.3g}")
+        # A live line on a terminal; in a log, one line per evaluation.
+        progress.status(text) if progress.live else progress.line(text)
 
     data = load_search_data(spec.data, hp.context_length)
     result = train(hp, data, steps=spec.budget.steps, eval_every=spec.budget.eval_every,
                    on_eval=on_eval, device=args.device)
-    progress._line("")
+    progress.status("")
     summary = {**result.summary(), "config": hp.to_dict()}
     if args.json:
         print(json.dumps(summary))
@@ -180,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Run (or resume) the study's search until it has budget.n_trials trials.")
     p.add_argument("--device", default="cpu", help="torch device for training: cpu, cuda, auto "
                                                    "(default: cpu)")
+    p.add_argument("--no-finalize", action="store_true",
+                   help="stop after the search; do not retrain the best trials or touch the "
+                        "test split")
 
     p = add("train", cmd_train,
             "Train one config (the study's fixed values plus --param values), no search.")
@@ -187,6 +262,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a hyperparameter value, e.g. --param lr=0.05 (repeatable)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto (default: cpu)")
+
+    p = add("finalize", cmd_finalize,
+            "Retrain the top trials on several seeds, choose by mean dev loss, then evaluate "
+            "the test split once, save the model and record the result.")
+    p.add_argument("--force", action="store_true",
+                   help="finalize again even though the test split was already evaluated "
+                        "(the record counts every evaluation)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto (default: cpu)")
+
+    p = add("sample", cmd_sample, "Print names sampled from the study's final model.")
+    p.add_argument("-n", type=int, default=20, help="how many names (default: 20)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="softmax temperature: below 1 safer, above 1 wilder (default: 1.0)")
+    p.add_argument("--max-length", type=int, default=32,
+                   help="longest name, in characters (default: 32)")
 
     p = add("leaderboard", cmd_leaderboard, "Write the study's trials as a ranked CSV.")
     p.add_argument("--out", metavar="FILE", help="write the CSV here (default: standard output)")
@@ -210,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     from harness.data import DataError
+    from harness.final import AlreadyFinalized, NothingToFinalize
     from harness.spec import SpecError
     from harness.study import StudyNotFound
     from harness.tracking import TrackingError
@@ -219,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (StudyNotFound, TrackingError) as exc:
+    except (StudyNotFound, TrackingError, AlreadyFinalized, NothingToFinalize) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

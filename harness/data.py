@@ -1,7 +1,8 @@
 """Words -> vocabulary -> seeded split by words -> context windows.
 
 The search sees only `SearchData` (train and dev). The test split is handed out by one function,
-`load_test_examples`, which only the final evaluation calls.
+`load_test_examples`, which only the final evaluation calls; while a search runs, the split is
+sealed (`sealed_test_split`) and that function raises.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,6 +25,24 @@ BOUNDARY = "."  # starts (as padding) and ends every word; index 0 of every voca
 
 class DataError(ValueError):
     """The data file or the split cannot be used; the message says why."""
+
+
+class SealedSplitError(RuntimeError):
+    """Something asked for the test split while a search was running."""
+
+
+_seals = 0  # how many `sealed_test_split` blocks are open in this process
+
+
+@contextmanager
+def sealed_test_split() -> Iterator[None]:
+    """Within this block, `load_test_examples` raises SealedSplitError."""
+    global _seals
+    _seals += 1
+    try:
+        yield
+    finally:
+        _seals -= 1
 
 
 @dataclass(frozen=True)
@@ -176,7 +197,10 @@ def load_search_data(cfg: DataConfig, context_length: int) -> SearchData:
 
 
 def load_test_examples(cfg: DataConfig, context_length: int) -> Examples:
-    """The sealed test split. Only the final evaluation may call this."""
+    """The test split. Only the final evaluation calls this; never during a search."""
+    if _seals:
+        raise SealedSplitError("the test split is sealed while a search runs; it is evaluated "
+                              "once, by finalize")
     (_train_w, _dev_w, test_w), vocab = _words_and_vocab(cfg)
     return build_examples(test_w, vocab, context_length)
 

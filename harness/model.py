@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -118,3 +120,44 @@ def sample(
         context = torch.cat([context[:, 1:], nxt[:, None]], dim=1)
     # Keep each row up to (not including) its first boundary token.
     return [row[: row.index(0)] if 0 in row else row for row in out.tolist()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and loading: tensors and plain values only, read back with weights_only=True, so
+# loading a model file never unpickles code.
+
+MODEL_FORMAT = 1
+
+
+def save_model(path: Path, model: MLP, hp: HParams, itos: Sequence[str]) -> None:
+    """Write the weights, the hyperparameters and the vocabulary: all that using it needs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": MODEL_FORMAT,
+        "hparams": hp.to_dict(),
+        "itos": list(itos),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    torch.save(payload, path)
+
+
+def load_model(path: Path) -> tuple[MLP, HParams, tuple[str, ...]]:
+    """Read a file written by `save_model` (weights_only: no code is unpickled)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a harness model file (format {payload.get('format')!r})")
+    hp = HParams(**payload["hparams"])
+    itos = tuple(payload["itos"])
+    model = MLP.from_hparams(hp, len(itos))
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, hp, itos
+
+
+def sample_words(model: MLP, itos: Sequence[str], n: int, *, seed: int,
+                 temperature: float = 1.0, max_length: int = 32) -> list[str]:
+    """`n` words sampled from the model with a seeded generator, decoded with `itos`."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    rows = sample(model, n, generator=gen, temperature=temperature, max_length=max_length)
+    return ["".join(itos[i] for i in row) for row in rows]

@@ -22,6 +22,7 @@ A study file has these top-level keys (all but `search` optional)::
           step: {lr_step_factor: {type: float, low: 0.05, high: 0.5}}
     storage: null                     # default: embedded journal file under mlruns/
     tracking: {uri: null, experiment: null}
+    finalize: {enabled: true, top_k: 3, seeds: 3, steps: null, samples: 20}
 """
 
 from __future__ import annotations
@@ -130,6 +131,15 @@ class TrackingSpec:
 
 
 @dataclass(frozen=True)
+class FinalizeSpec:
+    enabled: bool = True  # run-study ends by finalizing (unless --no-finalize)
+    top_k: int = 3  # candidates: the best complete trials by best dev loss
+    seeds: int = 3  # each candidate is retrained on seeds 1..seeds (fresh, not the search's)
+    steps: int | None = None  # steps per retraining; None: budget.steps
+    samples: int = 20  # names sampled from the final model and logged
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     data: DataConfig
@@ -140,6 +150,7 @@ class StudySpec:
     search: tuple[Param, ...]
     storage: str | None
     tracking: TrackingSpec
+    finalize: FinalizeSpec
     source: str  # the file it came from (for messages)
     raw: Mapping[str, Any] = field(repr=False, compare=False)  # the YAML after overrides
 
@@ -258,7 +269,7 @@ def _dataclass_keys(cls: type) -> list[str]:
 # Sections
 
 TOP_LEVEL = ("name", "data", "budget", "sampler", "pruner", "fixed", "search", "storage",
-             "tracking")
+             "tracking", "finalize")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -443,6 +454,26 @@ def _parse_tracking(raw: Any, errors: list[str]) -> TrackingSpec:
     )
 
 
+def _parse_finalize(raw: Any, errors: list[str]) -> FinalizeSpec:
+    d = _mapping(raw, "finalize", errors)
+    _reject_unknown(d, _dataclass_keys(FinalizeSpec), "finalize", errors)
+    default = FinalizeSpec()
+    f = FinalizeSpec(
+        enabled=_get(d, "enabled", bool, default.enabled, "finalize", errors),
+        top_k=_get(d, "top_k", int, default.top_k, "finalize", errors),
+        seeds=_get(d, "seeds", int, default.seeds, "finalize", errors),
+        steps=_get(d, "steps", int, default.steps, "finalize", errors, optional=True),
+        samples=_get(d, "samples", int, default.samples, "finalize", errors),
+    )
+    for key in ("top_k", "seeds", "steps"):
+        value = getattr(f, key)
+        if value is not None and value < 1:
+            errors.append(f"finalize.{key}: must be >= 1, got {value}")
+    if f.samples < 0:
+        errors.append(f"finalize.samples: must be >= 0, got {f.samples}")
+    return f
+
+
 def validate(raw: Any, source: str, default_name: str) -> StudySpec:
     """Check a parsed study file; raise SpecError with every problem, or return the spec."""
     errors: list[str] = []
@@ -465,6 +496,7 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
     search = _parse_space(top.get("search"), "search", errors)
     storage = _get(top, "storage", str, None, "", errors, optional=True)
     tracking = _parse_tracking(top.get("tracking"), errors)
+    finalize = _parse_finalize(top.get("finalize"), errors)
 
     seen: set[str] = set()
     for p in iter_params(search):
@@ -485,7 +517,8 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
     return StudySpec(
         name=name, data=data, budget=budget,
         sampler=SamplerSpec(sampler_type, sampler_opts), pruner=PrunerSpec(pruner_type, pruner_opts),
-        fixed=fixed, search=search, storage=storage, tracking=tracking, source=source, raw=top,
+        fixed=fixed, search=search, storage=storage, tracking=tracking, finalize=finalize,
+        source=source, raw=top,
     )
 
 

@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness import leaderboard, paths
-from harness.data import load_search_data, read_words
+from harness.data import load_search_data, read_words, sealed_test_split
 from harness.spec import (
     CategoricalParam,
     FloatParam,
@@ -251,17 +251,18 @@ def run_search(spec: StudySpec, *, observer: SearchObserver | None = None,
 
     status = KILLED
     try:
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            timeout=spec.budget.timeout,
-            catch=(TrainingDiverged,),
-            callbacks=[
-                after_trial,
-                # The total holds when several processes share the study.
-                optuna.study.MaxTrialsCallback(spec.budget.n_trials, states=COUNTED_STATES),
-            ],
-        )
+        with sealed_test_split():  # no trial can read the test split, even by mistake
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=spec.budget.timeout,
+                catch=(TrainingDiverged,),
+                callbacks=[
+                    after_trial,
+                    # The total holds when several processes share the study.
+                    optuna.study.MaxTrialsCallback(spec.budget.n_trials, states=COUNTED_STATES),
+                ],
+            )
         status = FINISHED
     finally:
         _write_leaderboard(spec, study, tracker, parent)

@@ -59,11 +59,7 @@ class Tracker:
 
     def study_run(self, study_name: str, spec_yaml: str) -> str:
         """The study's parent run: the existing one when resuming, else a new one."""
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TAG_STUDY}` = '{study_name}' and tags.`{TAG_ROLE}` = 'study'",
-            max_results=1,
-        )
+        found = self.runs(study_name, "study")
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -76,21 +72,25 @@ class Tracker:
         self.client.log_text(run.info.run_id, spec_yaml, "study.yaml")
         return run.info.run_id
 
-    def start_trial(self, parent_run_id: str, study_name: str, number: int,
-                    params: Mapping[str, Any]) -> TrialRun:
-        """A child run for trial `number`, with its hyperparameters logged."""
+    def start_run(self, parent_run_id: str, study_name: str, role: str, run_name: str,
+                  params: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> ChildRun:
+        """A run nested under the study's parent run, with `params` logged."""
         from mlflow.entities import Param
 
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"trial-{number:04d}",
-            tags={TAG_STUDY: study_name, TAG_ROLE: "trial", TAG_TRIAL: str(number),
-                  TAG_PARENT: parent_run_id},
+            run_name=run_name,
+            tags={TAG_STUDY: study_name, TAG_ROLE: role, TAG_PARENT: parent_run_id, **(tags or {})},
         )
         run_id = run.info.run_id
-        logged = {"trial_number": number, **params}
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in logged.items()])
-        return TrialRun(self.client, run_id)
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return ChildRun(self.client, run_id)
+
+    def start_trial(self, parent_run_id: str, study_name: str, number: int,
+                    params: Mapping[str, Any]) -> ChildRun:
+        """A child run for trial `number`, with its number and hyperparameters as params."""
+        return self.start_run(parent_run_id, study_name, "trial", f"trial-{number:04d}",
+                              {"trial_number": number, **params}, {TAG_TRIAL: str(number)})
 
     def end_run(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
@@ -98,17 +98,17 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def trial_runs(self, study_name: str) -> list[Any]:
-        """Every trial run of the study (for tests and reports)."""
+    def runs(self, study_name: str, role: str) -> list[Any]:
+        """The study's runs of one role ("study", "trial" or "final")."""
         return list(self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`{TAG_STUDY}` = '{study_name}' and tags.`{TAG_ROLE}` = 'trial'",
+            filter_string=f"tags.`{TAG_STUDY}` = '{study_name}' and tags.`{TAG_ROLE}` = '{role}'",
             max_results=10_000,
         ))
 
 
-class TrialRun:
-    """One trial's run. Metrics are buffered and flushed every few seconds and at the end."""
+class ChildRun:
+    """A trial's (or the final model's) run. Metrics are buffered and flushed every few seconds and at the end."""
 
     def __init__(self, client: Any, run_id: str) -> None:
         self.client = client
@@ -131,6 +131,12 @@ class TrialRun:
             self.client.log_batch(self.run_id, metrics=self._pending)
             self._pending = []
         self._last_flush = time.monotonic()
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_artifact(self, path: Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
 
     def finish(self, status: str, metrics: Mapping[str, float] | None = None,
                tags: Mapping[str, str] | None = None) -> None:

@@ -1,0 +1,230 @@
+"""The final model: chosen on dev among the best trials, then evaluated once on the test split.
+
+1. Candidates: the `finalize.top_k` best complete trials (by best dev loss), distinct configs.
+2. Each is retrained with the same `train` function on fresh seeds 1..`finalize.seeds`, for the
+   full step budget; the candidate with the lowest *mean* dev loss wins, so one lucky seed
+   cannot.
+3. Only then is the test split read: the winner's models (one per seed) are evaluated on it.
+4. The result goes to the study's records (an Optuna study attribute), a final MLflow run under
+   the study's parent run, and `final.json` and `model.pt` in the study's folder.
+
+This module is the only caller of `harness.data.load_test_examples`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from harness import paths
+from harness.data import load_search_data, load_test_examples, training_words
+from harness.hparams import HParams
+from harness.model import MLP, load_model, mean_loss, sample_words, save_model
+from harness.spec import StudySpec
+from harness.study import load_study
+from harness.tracking import FAILED, FINISHED, Tracker
+from harness.train import Evaluation, train
+
+log = logging.getLogger(__name__)
+
+RECORD_ATTR = "final"  # the study attribute that holds the final result
+
+
+class AlreadyFinalized(RuntimeError):
+    """The study's test split was already evaluated; `record` is that result."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        super().__init__(
+            f"study {record['study']!r} was already finalized on {record['finished_at']}: test "
+            f"loss {record['test_mean']:.4f} +- {record['test_std']:.4f} (trial "
+            f"{record['chosen_trial']}). The test split is evaluated once; use --force to "
+            "evaluate it again (the record will show it)."
+        )
+        self.record = record
+
+
+class NothingToFinalize(RuntimeError):
+    """The study has no complete trial to choose from, or no final model yet."""
+
+
+@dataclass
+class Candidate:
+    """One config retrained on several seeds; its dev losses decide."""
+
+    trial: int
+    hparams: HParams
+    dev_losses: list[float] = field(default_factory=list)
+    models: list[MLP] = field(default_factory=list, repr=False)
+
+    @property
+    def dev_mean(self) -> float:
+        return mean_std(self.dev_losses)[0]
+
+    @property
+    def dev_std(self) -> float:
+        return mean_std(self.dev_losses)[1]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def candidates(study: optuna.Study, top_k: int) -> list[Candidate]:
+    """The best `top_k` complete trials with distinct configs (the seed aside)."""
+    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                      key=lambda t: t.value)
+    out: list[Candidate] = []
+    seen: set[tuple] = set()
+    for t in complete:
+        config = {k: v for k, v in t.user_attrs["config"].items() if k != "seed"}
+        key = tuple(sorted(config.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(Candidate(t.number, HParams(**config)))
+        if len(out) == top_k:
+            break
+    return out
+
+
+def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu",
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Choose the final config on dev, evaluate it once on test, save and record it.
+
+    Raises AlreadyFinalized when the study has a final record and `force` is False, and
+    NothingToFinalize when it has no complete trial.
+    """
+    study = load_study(spec)
+    previous = study.user_attrs.get(RECORD_ATTR)
+    if previous and not force:
+        raise AlreadyFinalized(previous)
+    pool = candidates(study, spec.finalize.top_k)
+    if not pool:
+        raise NothingToFinalize(f"study {spec.name!r} has no complete trial to finalize")
+    say = progress or (lambda message: log.info("%s", message))
+    steps = spec.finalize.steps or spec.budget.steps
+    seeds = list(range(1, spec.finalize.seeds + 1))
+    started = time.time()
+
+    # 1-2. Retrain every candidate on every seed; choose by mean dev loss.
+    for i, cand in enumerate(pool, 1):
+        data = load_search_data(spec.data, cand.hparams.context_length)
+        for seed in seeds:
+            def on_eval(ev: Evaluation, i: int = i, seed: int = seed) -> None:
+                say(f"candidate {i}/{len(pool)} (trial {cand.trial}), seed {seed}: "
+                    f"step {ev.step}/{steps}, dev {ev.dev_loss:.4f}")
+
+            hp = HParams(**{**cand.hparams.to_dict(), "seed": seed})
+            result = train(hp, data, steps=steps, eval_every=spec.budget.eval_every,
+                           on_eval=on_eval, device=device)
+            cand.dev_losses.append(result.best_dev_loss)
+            cand.models.append(result.model)
+        say(f"candidate {i}/{len(pool)} (trial {cand.trial}): dev {cand.dev_mean:.4f} "
+            f"+- {cand.dev_std:.4f} over {len(seeds)} seeds")
+    chosen = min(pool, key=lambda c: c.dev_mean)
+
+    # 3. The test split, read here and nowhere else, once the choice is made.
+    test = load_test_examples(spec.data, chosen.hparams.context_length)
+    test_losses = [mean_loss(m, test.X.to(_device(m)), test.Y.to(_device(m)))
+                   for m in chosen.models]
+    test_mean, test_std = mean_std(test_losses)
+
+    # 4. Keep the seed with the best dev loss as the model; record everything.
+    best_seed = min(range(len(seeds)), key=lambda j: chosen.dev_losses[j])
+    model = chosen.models[best_seed]
+    model_hp = HParams(**{**chosen.hparams.to_dict(), "seed": seeds[best_seed]})
+    itos = load_search_data(spec.data, model_hp.context_length).vocab.itos
+    out_dir = paths.study_dir(spec.name)
+    model_path = out_dir / "model.pt"
+    save_model(model_path, model, model_hp, itos)
+
+    train_words = training_words(spec.data)
+    names = sample_words(model, itos, spec.finalize.samples, seed=0) if spec.finalize.samples else []
+    novel = sum(n not in train_words for n in names) / len(names) if names else None
+
+    record: dict[str, Any] = {
+        "study": spec.name,
+        "chosen_trial": chosen.trial,
+        "config": model_hp.to_dict(),
+        "seeds": seeds,
+        "steps": steps,
+        "dev_losses": chosen.dev_losses,
+        "dev_mean": chosen.dev_mean,
+        "dev_std": chosen.dev_std,
+        "test_losses": test_losses,
+        "test_mean": test_mean,
+        "test_std": test_std,
+        "model_seed": seeds[best_seed],
+        "model_test_loss": test_losses[best_seed],
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "candidates": [{"trial": c.trial, "dev_losses": c.dev_losses, "dev_mean": c.dev_mean,
+                        "dev_std": c.dev_std, "config": c.hparams.to_dict()} for c in pool],
+        "samples": names,
+        "novel_share": novel,
+        "model_path": str(model_path),
+        "test_evaluations": (previous or {}).get("test_evaluations", 0) + 1,
+        "previous": [*(previous or {}).get("previous", []),
+                     *([_strip_history(previous)] if previous else [])],
+        "started_at": _iso(started),
+        "finished_at": _iso(time.time()),
+    }
+    record["mlflow_run_id"] = _track(spec, study, record, model_path)
+    study.set_user_attr(RECORD_ATTR, record)
+    (out_dir / "final.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record
+
+
+def _device(model: MLP) -> Any:
+    return next(model.parameters()).device
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def _strip_history(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "previous"}
+
+
+def _track(spec: StudySpec, study: optuna.Study, record: dict[str, Any], model_path: Path) -> str:
+    """The final MLflow run, nested under the study's parent run."""
+    tracker = Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name)
+    parent = study.user_attrs.get("mlflow_parent_run_id") or tracker.study_run(spec.name, "")
+    run = tracker.start_run(parent, spec.name, "final", "final model",
+                            {"chosen_trial": record["chosen_trial"], **record["config"]},
+                            {"harness.stage": "final",
+                             "harness.test_evaluations": str(record["test_evaluations"])})
+    try:
+        for j, (dev, test) in enumerate(zip(record["dev_losses"], record["test_losses"],
+                                            strict=True)):
+            run.log_metrics({"seed_dev_loss": dev, "seed_test_loss": test}, step=j)
+        run.log_text(json.dumps(record, indent=2), "final.json")
+        run.log_text("\n".join(record["samples"]) + "\n", "samples.txt")
+        run.log_artifact(model_path)
+        figures = {k: record[k] for k in ("dev_mean", "dev_std", "test_mean", "test_std",
+                                          "n_params", "test_evaluations")}
+        if record["novel_share"] is not None:
+            figures["novel_share"] = record["novel_share"]
+        run.finish(FINISHED, figures)
+    except BaseException:
+        run.finish(FAILED)
+        raise
+    return run.run_id
+
+
+def final_model(spec: StudySpec) -> tuple[MLP, HParams, tuple[str, ...]]:
+    """The study's saved final model. Raises NothingToFinalize when there is none yet."""
+    path = paths.study_dir(spec.name) / "model.pt"
+    if not path.exists():
+        raise NothingToFinalize(f"study {spec.name!r} has no final model yet ({path}); run "
+                                f"`harness finalize {spec.source}` first")
+    return load_model(path)

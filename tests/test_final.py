@@ -1,0 +1,151 @@
+"""The final model: chosen on dev over seeds, the test split read once and only by finalize."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+
+import harness.data
+from harness import paths
+from harness.data import SealedSplitError, load_test_examples
+from harness.final import AlreadyFinalized, final_model, finalize
+from harness.model import sample_words
+from harness.spec import load_spec
+from harness.study import load_study, run_search
+
+from .conftest import REPO, tiny_study
+
+pytestmark = pytest.mark.slow
+
+
+def small_study(**overrides):
+    return tiny_study(finalize={"top_k": 2, "seeds": 2, "samples": 10}, **overrides)
+
+
+def test_a_whole_study_builds_examples_of_train_and_dev_only(write_study, monkeypatch):
+    built = []
+    real = harness.data.build_examples
+
+    def spy(words, vocab, context_length):
+        built.append(list(words))
+        return real(words, vocab, context_length)
+
+    monkeypatch.setattr(harness.data, "build_examples", spy)
+    harness.data.load_search_data.cache_clear()
+    spec = load_spec(write_study(small_study()))
+    run_search(spec)
+    train, dev, test = harness.data.split_words(harness.data.read_words(), spec.data)
+    assert built == [train, dev]  # one context length in this study: built once, cached
+    assert test not in built
+
+
+def test_the_test_split_is_sealed_while_a_search_runs(write_study):
+    class Snoop:
+        """An observer that tries to read the test split in the middle of a trial."""
+
+        errors: list[Exception] = []
+
+        def trial_started(self, number, params):
+            try:
+                load_test_examples(spec.data, 3)
+            except SealedSplitError as exc:
+                self.errors.append(exc)
+
+        def evaluated(self, number, ev, steps):
+            pass
+
+        def trial_finished(self, trial, done, total, best):
+            pass
+
+    spec = load_spec(write_study(small_study(budget={"n_trials": 1, "steps": 50,
+                                                     "eval_every": 50})))
+    snoop = Snoop()
+    run_search(spec, observer=snoop)
+    assert len(snoop.errors) == 1
+    assert load_test_examples(spec.data, 3).X.shape[1] == 3  # unsealed again afterwards
+
+
+def test_only_finalize_reaches_the_test_split():
+    # The search modules never import the final step, and only final.py names the test split.
+    code = "import harness.study, harness.cli, sys; print('harness.final' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    users = [p.name for p in (REPO / "harness").glob("*.py")
+             if "load_test_examples" in p.read_text() and p.name != "data.py"]
+    assert users == ["final.py"]
+
+
+def test_finalize_picks_by_mean_dev_loss_not_one_lucky_seed(write_study, monkeypatch):
+    spec = load_spec(write_study(small_study(budget={"n_trials": 2, "steps": 100,
+                                                     "eval_every": 50})))
+    run_search(spec)
+    study = load_study(spec)
+    trial_a, trial_b = sorted(study.trials, key=lambda t: t.value)
+    lr_a, lr_b = trial_a.params["lr"], trial_b.params["lr"]
+
+    # Candidate A has the single best seed (1.0) but the worse mean (2.5 vs 2.0).
+    fake = {(lr_a, 1): 1.0, (lr_a, 2): 4.0, (lr_b, 1): 2.1, (lr_b, 2): 1.9}
+    import harness.final
+
+    real_train = harness.final.train
+
+    def fake_train(hp, data, **kwargs):
+        result = real_train(hp, data, **{**kwargs, "steps": 10, "eval_every": 10})
+        result.best_dev_loss = fake[(hp.lr, hp.seed)]
+        return result
+
+    monkeypatch.setattr(harness.final, "train", fake_train)
+    record = finalize(spec)
+    assert record["chosen_trial"] == trial_b.number
+    assert record["dev_mean"] == pytest.approx(2.0)
+    assert record["model_seed"] == 2  # the chosen config's best seed is the saved model
+    by_trial = {c["trial"]: c for c in record["candidates"]}
+    assert by_trial[trial_a.number]["dev_mean"] == pytest.approx(2.5)
+    assert by_trial[trial_a.number]["dev_std"] > 0
+
+
+def test_finalize_records_once_then_refuses_and_force_counts(write_study):
+    spec = load_spec(write_study(small_study(budget={"n_trials": 2, "steps": 100,
+                                                     "eval_every": 50})))
+    run_search(spec)
+    record = finalize(spec)
+    assert len(record["test_losses"]) == 2 and record["test_evaluations"] == 1
+    assert 2.0 < record["test_mean"] < 3.4
+
+    # Stored in the study's records, in final.json, and as a final MLflow run with the model.
+    assert load_study(spec).user_attrs["final"]["test_mean"] == record["test_mean"]
+    on_disk = json.loads((paths.study_dir("tiny") / "final.json").read_text())
+    assert on_disk["test_losses"] == record["test_losses"]
+    client = MlflowClient(paths.tracking_uri())
+    run = client.get_run(record["mlflow_run_id"])
+    assert run.data.tags["harness.stage"] == "final"
+    assert run.data.tags["mlflow.parentRunId"] == load_study(spec).user_attrs[
+        "mlflow_parent_run_id"]
+    assert run.data.metrics["test_mean"] == pytest.approx(record["test_mean"])
+    assert 0 <= run.data.metrics["novel_share"] <= 1
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model.pt", "final.json", "samples.txt"} <= artifacts
+
+    with pytest.raises(AlreadyFinalized, match="already finalized") as info:
+        finalize(spec)
+    assert f"{record['test_mean']:.4f}" in str(info.value)
+
+    again = finalize(spec, force=True)
+    assert again["test_evaluations"] == 2
+    assert again["previous"][0]["test_mean"] == record["test_mean"]
+
+
+def test_saved_model_loads_without_unpickling_and_samples(write_study):
+    spec = load_spec(write_study(small_study(budget={"n_trials": 1, "steps": 100,
+                                                     "eval_every": 50})))
+    run_search(spec)
+    finalize(spec)
+    model, hp, itos = final_model(spec)
+    assert itos[0] == "." and hp.hidden_width == 32
+    a = sample_words(model, itos, 20, seed=0)
+    assert a == sample_words(model, itos, 20, seed=0) and len(a) == 20
+    assert all("." not in w and len(w) <= 32 for w in a)
