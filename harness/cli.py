@@ -43,8 +43,8 @@ class Progress:
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
         self.live = stream.isatty()
-        self.started: dict[int, float] = {}
         self.header = ""
+        self.running: dict[int, str] = {}  # trial number -> its latest progress
 
     def status(self, text: str) -> None:
         if self.live:
@@ -58,23 +58,25 @@ class Progress:
         self.stream.flush()
 
     def trial_started(self, number: int, params: Mapping[str, Any]) -> None:
-        self.started[number] = time.monotonic()
+        self.running[number] = "starting"
 
-    def evaluated(self, number: int, ev: Any, steps: int) -> None:
-        self.status(f"{self.header}trial {number}: step {ev.step}/{steps}  "
-                     f"dev {ev.dev_loss:.4f}  train {ev.train_loss:.4f}")
+    def evaluated(self, number: int, step: int, steps: int, dev_loss: float) -> None:
+        self.running[number] = f"step {step}/{steps} dev {dev_loss:.4f}"
+        self.status(self.header + "  ".join(f"trial {n}: {text}"
+                                            for n, text in sorted(self.running.items())))
 
     def trial_finished(self, trial: Any, done: int, total: int, best: float | None) -> None:
-        elapsed = time.monotonic() - self.started.pop(trial.number, time.monotonic())
+        self.running.pop(trial.number, None)
         attrs = trial.user_attrs
         loss = attrs.get("best_dev_loss")
         figure = f"best dev {loss:.4f} at step {attrs.get('best_step')}" if loss else ""
         if trial.state.name == "FAIL":
             figure = attrs.get("fail_reason", "failed")
+        took = f"  ({trial.duration.total_seconds():.1f} s)" if trial.duration else ""
         best_text = f"{best:.4f}" if best is not None else "-"
         self.header = f"[{done}/{total} trials, best {best_text}] "
         self.line(f"[{done}/{total}] trial {trial.number:>3} {trial.state.name:<8} "
-                   f"{figure}  ({elapsed:.1f} s)  best so far {best_text}")
+                  f"{figure}{took}  best so far {best_text}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,16 +86,23 @@ class Progress:
 def _load(args: argparse.Namespace) -> Any:
     from harness.spec import load_spec
 
-    return load_spec(args.study, args.set)
+    values = {}
+    if getattr(args, "storage", None):
+        values["storage"] = args.storage
+    if getattr(args, "tracking_uri", None):
+        values["tracking.uri"] = args.tracking_uri
+    return load_spec(args.study, args.set, values)
 
 
 def cmd_run_study(args: argparse.Namespace) -> int:
-    from harness.study import run_search
+    from harness.coordinator import run_search
 
     spec = _load(args)
+    workers = args.workers or spec.workers.count
     print(f"study {spec.name}: {spec.budget.n_trials} trials of {spec.budget.steps} steps, "
-          f"sampler {spec.sampler.type}, pruner {spec.pruner.type}", file=sys.stderr)
-    study = run_search(spec, observer=Progress(), device=args.device)
+          f"sampler {spec.sampler.type}, pruner {spec.pruner.type}, {workers} worker(s)",
+          file=sys.stderr)
+    study = run_search(spec, workers=workers, observer=Progress(), device=args.device)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     counts = {s: sum(t.state.name == s for t in study.trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
     print(f"study {spec.name}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
@@ -159,6 +168,21 @@ def format_final(record: Mapping[str, Any]) -> str:
     lines += [f"  model:     {record['model_path']}",
               f"  MLflow:    run {record['mlflow_run_id']} (the 'final model' run of the study)"]
     return "\n".join(lines)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from harness.study import work
+
+    spec = _load(args)
+    if spec.workers.threads:
+        import torch
+
+        torch.set_num_threads(spec.workers.threads)
+    print(f"worker joining study {spec.name} ({spec.budget.n_trials} trials in all)",
+          file=sys.stderr)
+    work(spec, rank=args.rank if args.rank is not None else os.getpid(), observer=Progress(),
+         device=args.device)
+    return 0
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:
@@ -227,6 +251,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 # Parser and entry point
 
 
+def storage_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage shared by every worker, e.g. postgresql://USER@HOST/DB "
+                        "(default: the study file's storage, else mlruns/optuna.journal)")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking server or database, e.g. http://HOST:5000 "
+                        "(default: the study file's tracking.uri, else mlruns/mlflow.db)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
@@ -252,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Run (or resume) the study's search until it has budget.n_trials trials.")
     p.add_argument("--device", default="cpu", help="torch device for training: cpu, cuda, auto "
                                                    "(default: cpu)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes (default: the study's workers.count, 1): on CPU each "
+                        "gets cores/N torch threads; on GPUs, workers.per_gpu per GPU")
+    storage_flags(p)
     p.add_argument("--no-finalize", action="store_true",
                    help="stop after the search; do not retrain the best trials or touch the "
                         "test split")
@@ -261,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="a hyperparameter value, e.g. --param lr=0.05 (repeatable)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto (default: cpu)")
+
+    p = add("worker", cmd_worker,
+            "Join a running study from another machine: run its trials until it has "
+            "budget.n_trials (start the study with `run-study` first).")
+    storage_flags(p)
+    p.add_argument("--rank", type=int, help="seeds this worker's sampler (default: its pid)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto (default: cpu)")
 
     p = add("finalize", cmd_finalize,
@@ -284,22 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: bool) -> None:
-    # MLflow installs its own handler at import, at INFO unless told otherwise.
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "mlflow", "optuna"):
-        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `harness` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose)
+    from harness import logs
+
+    logs.configure(args.verbose)
+    from harness.coordinator import WorkersFailed
     from harness.data import DataError
     from harness.final import AlreadyFinalized, NothingToFinalize
     from harness.spec import SpecError
@@ -311,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (StudyNotFound, TrackingError, AlreadyFinalized, NothingToFinalize) as exc:
+    except (StudyNotFound, TrackingError, AlreadyFinalized, NothingToFinalize,
+            WorkersFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -23,6 +23,7 @@ A study file has these top-level keys (all but `search` optional)::
     storage: null                     # default: embedded journal file under mlruns/
     tracking: {uri: null, experiment: null}
     finalize: {enabled: true, top_k: 3, seeds: 3, steps: null, samples: 20}
+    workers: {count: 1, per_gpu: 1, threads: null, max_retry: 2, heartbeat_s: 10}
 """
 
 from __future__ import annotations
@@ -131,6 +132,15 @@ class TrackingSpec:
 
 
 @dataclass(frozen=True)
+class WorkersSpec:
+    count: int = 1  # local worker processes (1: trials run in the run-study process itself)
+    per_gpu: int = 1  # with a CUDA device: worker r uses GPU (r // per_gpu) % n_gpus
+    threads: int | None = None  # torch threads per worker; None: CPU cores // count, at least 1
+    max_retry: int = 2  # a trial whose worker died or was interrupted is re-queued this often
+    heartbeat_s: int = 10  # RDB storages: heartbeat interval; stale after 3 missed beats
+
+
+@dataclass(frozen=True)
 class FinalizeSpec:
     enabled: bool = True  # run-study ends by finalizing (unless --no-finalize)
     top_k: int = 3  # candidates: the best complete trials by best dev loss
@@ -151,6 +161,7 @@ class StudySpec:
     storage: str | None
     tracking: TrackingSpec
     finalize: FinalizeSpec
+    workers: WorkersSpec
     source: str  # the file it came from (for messages)
     raw: Mapping[str, Any] = field(repr=False, compare=False)  # the YAML after overrides
 
@@ -269,7 +280,7 @@ def _dataclass_keys(cls: type) -> list[str]:
 # Sections
 
 TOP_LEVEL = ("name", "data", "budget", "sampler", "pruner", "fixed", "search", "storage",
-             "tracking", "finalize")
+             "tracking", "finalize", "workers")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -474,6 +485,26 @@ def _parse_finalize(raw: Any, errors: list[str]) -> FinalizeSpec:
     return f
 
 
+def _parse_workers(raw: Any, errors: list[str]) -> WorkersSpec:
+    d = _mapping(raw, "workers", errors)
+    _reject_unknown(d, _dataclass_keys(WorkersSpec), "workers", errors)
+    default = WorkersSpec()
+    w = WorkersSpec(
+        count=_get(d, "count", int, default.count, "workers", errors),
+        per_gpu=_get(d, "per_gpu", int, default.per_gpu, "workers", errors),
+        threads=_get(d, "threads", int, default.threads, "workers", errors, optional=True),
+        max_retry=_get(d, "max_retry", int, default.max_retry, "workers", errors),
+        heartbeat_s=_get(d, "heartbeat_s", int, default.heartbeat_s, "workers", errors),
+    )
+    for key in ("count", "per_gpu", "threads", "heartbeat_s"):
+        value = getattr(w, key)
+        if value is not None and value < 1:
+            errors.append(f"workers.{key}: must be >= 1, got {value}")
+    if w.max_retry < 0:
+        errors.append(f"workers.max_retry: must be >= 0, got {w.max_retry}")
+    return w
+
+
 def validate(raw: Any, source: str, default_name: str) -> StudySpec:
     """Check a parsed study file; raise SpecError with every problem, or return the spec."""
     errors: list[str] = []
@@ -497,6 +528,7 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
     storage = _get(top, "storage", str, None, "", errors, optional=True)
     tracking = _parse_tracking(top.get("tracking"), errors)
     finalize = _parse_finalize(top.get("finalize"), errors)
+    workers = _parse_workers(top.get("workers"), errors)
 
     seen: set[str] = set()
     for p in iter_params(search):
@@ -518,7 +550,7 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
         name=name, data=data, budget=budget,
         sampler=SamplerSpec(sampler_type, sampler_opts), pruner=PrunerSpec(pruner_type, pruner_opts),
         fixed=fixed, search=search, storage=storage, tracking=tracking, finalize=finalize,
-        source=source, raw=top,
+        workers=workers, source=source, raw=top,
     )
 
 
@@ -545,12 +577,12 @@ def parse_assignments(items: Sequence[str], flag: str, source: str) -> dict[str,
     return out
 
 
-def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str],
+def apply_overrides(raw: Mapping[str, Any], values: Mapping[str, Any],
                     source: str) -> dict[str, Any]:
-    """Apply `--set key.path=value` overrides to a copy of the study mapping."""
+    """A copy of the study mapping with `{"key.path": value}` set (e.g. from --set)."""
     errors: list[str] = []
     out = _deepcopy_mapping(raw)
-    for key, value in parse_assignments(overrides, "--set", source).items():
+    for key, value in values.items():
         parts = key.split(".")
         node = out
         for i, part in enumerate(parts[:-1]):
@@ -571,8 +603,13 @@ def _deepcopy_mapping(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deepcopy_mapping(v) if isinstance(v, dict) else v for k, v in d.items()}
 
 
-def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
-    """Read, override and validate a study file. Raises SpecError (all problems at once)."""
+def load_spec(path: str | Path, overrides: Sequence[str] = (),
+              values: Mapping[str, Any] | None = None) -> StudySpec:
+    """Read, override and validate a study file. Raises SpecError (all problems at once).
+
+    `overrides` are `key.path=value` strings (values parsed as YAML); `values` are already
+    parsed, e.g. {"storage": url} from a command-line flag.
+    """
     p = Path(path)
     source = str(p)
     try:
@@ -588,5 +625,6 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
     raw = parse_yaml(text, source)
     if raw is not None and not isinstance(raw, dict):
         raise SpecError(source, [f"a study file is a mapping of keys, got {type(raw).__name__}"])
-    raw = apply_overrides(raw or {}, overrides, source)
+    assignments = {**parse_assignments(overrides, "--set", source), **(values or {})}
+    raw = apply_overrides(raw or {}, assignments, source)
     return validate(raw, source, default_name=p.stem)

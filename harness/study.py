@@ -1,8 +1,10 @@
-"""The study driver: create or resume the Optuna study, and run trials of `train` in it.
+"""The Optuna study: storage, sampler, pruner, the objective, and one worker's trial loop.
 
 Each trial: suggest hyperparameters from the spec's space -> train() with a callback that logs to
-MLflow and reports to the pruner -> its state and figures stored in Optuna and MLflow. This module
-never touches the test split: it only ever asks `harness.data` for `SearchData`.
+MLflow and reports to the pruner -> its state and figures stored in Optuna and MLflow. A trial
+whose worker died (or was interrupted) is failed and re-queued, recorded the way Optuna's
+RetryHeartbeatStaleTrialCallback records it, and does not count against budget.n_trials.
+This module never touches the test split: workers run with it sealed.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from harness import leaderboard, paths
+from harness import paths
 from harness.data import load_search_data, read_words, sealed_test_split
 from harness.spec import (
     CategoricalParam,
@@ -47,7 +50,7 @@ class SearchObserver(Protocol):
 
     def trial_started(self, number: int, params: Mapping[str, Any]) -> None: ...
 
-    def evaluated(self, number: int, ev: Evaluation, steps: int) -> None: ...
+    def evaluated(self, number: int, step: int, steps: int, dev_loss: float) -> None: ...
 
     def trial_finished(self, trial: FrozenTrial, done: int, total: int,
                        best: float | None) -> None: ...
@@ -58,9 +61,19 @@ class SearchObserver(Protocol):
 
 
 def open_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
-    """The study's storage: `spec.storage` (a database URL) or the embedded journal file."""
+    """The study's storage: `spec.storage` (a database URL) or the embedded journal file.
+
+    A database storage gets Optuna's heartbeats: a trial whose worker stops beating is failed
+    and re-queued by the next worker that starts a trial.
+    """
     if spec.storage:
-        return optuna.storages.RDBStorage(spec.storage)
+        beat = spec.workers.heartbeat_s
+        with warnings.catch_warnings():  # heartbeats and the retry callback are "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                spec.storage, heartbeat_interval=beat, grace_period=3 * beat,
+                heartbeat_stale_trial_callback=_RetryStale(spec),
+            )
     path = paths.journal_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     # The journal file is safe for several processes on one machine (file lock), unlike SQLite.
@@ -137,9 +150,91 @@ def load_study(spec: StudySpec) -> optuna.Study:
     return optuna.load_study(study_name=spec.name, storage=storage)
 
 
+def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Numbers of trials that failed with their worker and were re-queued."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+
+
 def counted_trials(study: optuna.Study) -> int:
-    """Trials that used up part of the budget."""
-    return len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
+    """Trials that used up part of the budget: finished ones, less those re-queued."""
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+    return sum(t.state in COUNTED_STATES and t.number not in retried for t in trials)
+
+
+def worker_id(device: str) -> str:
+    """host:pid:device, recorded on each trial."""
+    return f"{socket.gethostname()}:{os.getpid()}:{device}"
+
+
+def retry_trial(spec: StudySpec, study: optuna.Study, trial: FrozenTrial) -> None:
+    """Close a lost trial's MLflow run as FAILED and re-queue its params (up to max_retry)."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        try:
+            Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name).end_run(run_id,
+                                                                                      FAILED)
+        except Exception:  # the run may be gone; the trial must still be re-queued
+            log.exception("could not close the MLflow run %s of trial %d", run_id, trial.number)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.workers.max_retry)(
+            study, trial)
+    log.warning("trial %d lost its worker; re-queued", trial.number)
+
+
+class _RetryStale:
+    """Optuna's heartbeat callback for database storages: retry_trial, picklable."""
+
+    def __init__(self, spec: StudySpec) -> None:
+        self.spec = spec
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        retry_trial(self.spec, study, trial)
+
+
+def reap_dead_trials(spec: StudySpec, study: optuna.Study) -> list[int]:
+    """Fail and re-queue RUNNING trials whose worker process on this host is gone.
+
+    The journal storage has no heartbeats; a trial records host:pid, so on its own host the
+    harness can tell that its process died.
+    """
+    reaped = []
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker", "")
+        w_host, _, rest = worker.partition(":")
+        pid = int(rest.partition(":")[0] or 0)
+        if w_host != host or not pid or _alive(pid):
+            continue
+        storage = study._storage  # Optuna's own API for changing another process's trial
+        try:
+            storage.set_trial_user_attr(t._trial_id, "fail_reason",
+                                        f"worker process {pid} is gone")
+            if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process reaped it first
+        retry_trial(spec, study, storage.get_trial(t._trial_id))
+        reaped.append(t.number)
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (dead, not yet collected by its parent) is gone too.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +271,7 @@ class _Objective:
         hp = spec.base_hparams(**suggest(trial, spec.search))
         config = hp.to_dict()
         trial.set_user_attr("config", config)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}:{self.device}")
+        trial.set_user_attr("worker", worker_id(self.device))
         run = self.tracker.start_trial(self.parent_run_id, spec.name, trial.number, config)
         trial.set_user_attr("mlflow_run_id", run.run_id)
         if self.observer:
@@ -187,20 +282,18 @@ class _Objective:
                             ev.step)
             trial.report(ev.dev_loss, ev.step)
             if self.observer:
-                self.observer.evaluated(trial.number, ev, spec.budget.steps)
+                self.observer.evaluated(trial.number, ev.step, spec.budget.steps, ev.dev_loss)
             return trial.should_prune()
 
         try:
             data = load_search_data(spec.data, hp.context_length)
             result = train(hp, data, steps=spec.budget.steps, eval_every=spec.budget.eval_every,
                            on_eval=on_eval, device=self.device)
-        except TrainingDiverged as exc:
-            trial.set_user_attr("fail_reason", str(exc))
-            run.finish(FAILED, tags={"harness.fail_reason": str(exc)})
-            raise
-        except BaseException as exc:  # a bug, Ctrl-C, out of memory: the run must not stay open
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
-            run.finish(FAILED, tags={"harness.fail_reason": f"{type(exc).__name__}: {exc}"})
+        except BaseException as exc:  # diverged, a bug, Ctrl-C: the run must not stay open
+            reason = str(exc) if isinstance(exc, TrainingDiverged) else (
+                f"{type(exc).__name__}: {exc}".rstrip(": "))
+            trial.set_user_attr("fail_reason", reason)
+            run.finish(FAILED, tags={"harness.fail_reason": reason})
             raise
 
         figures = {"best_dev_loss": result.best_dev_loss, "n_params": result.n_params,
@@ -216,74 +309,82 @@ class _Objective:
 
 
 # ---------------------------------------------------------------------------------------------
-# Running a search
+# Creating the study, and one worker's trial loop
 
 
-def run_search(spec: StudySpec, *, observer: SearchObserver | None = None,
-               device: str = "cpu") -> optuna.Study:
-    """Create or resume the study and run trials until it has `budget.n_trials` of them.
+def prepare_study(spec: StudySpec) -> optuna.Study:
+    """Create the study (or open it) and its parent MLflow run; reap trials of dead workers.
 
-    n_trials is the study's total: a resumed study only runs what is missing. Diverging trials
-    are recorded as failed and the study goes on. Writes the leaderboard CSV at the end.
+    Reads the data file first, so that a bad one fails before any storage is created.
     """
-    read_words(spec.data.path)  # a bad data file fails here, before any storage is created
-    storage = open_storage(spec)
-    study = optuna.create_study(storage=storage, study_name=spec.name, direction="minimize",
-                                pruner=build_pruner(spec), load_if_exists=True)
-    done = counted_trials(study)
-    remaining = spec.budget.n_trials - done
-    if remaining <= 0:
-        log.info("study %s already has %d of %d trials; nothing to run",
-                 spec.name, done, spec.budget.n_trials)
-        return study
-    # Seed the sampler past the trials already run, so a resumed study does not repeat them.
-    study.sampler = build_sampler(spec, seed_offset=len(study.trials))
-
+    read_words(spec.data.path)
+    study = optuna.create_study(storage=open_storage(spec), study_name=spec.name,
+                                direction="minimize", load_if_exists=True)
     tracker = Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name)
     parent = tracker.study_run(spec.name, _spec_yaml(spec))
     study.set_user_attr("mlflow_parent_run_id", parent)
-    objective = _Objective(spec, tracker, parent, observer, device)
-
-    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        if observer:
-            best = _best_value(study)
-            observer.trial_finished(trial, counted_trials(study), spec.budget.n_trials, best)
-
-    status = KILLED
-    try:
-        with sealed_test_split():  # no trial can read the test split, even by mistake
-            study.optimize(
-                objective,
-                n_trials=remaining,
-                timeout=spec.budget.timeout,
-                catch=(TrainingDiverged,),
-                callbacks=[
-                    after_trial,
-                    # The total holds when several processes share the study.
-                    optuna.study.MaxTrialsCallback(spec.budget.n_trials, states=COUNTED_STATES),
-                ],
-            )
-        status = FINISHED
-    finally:
-        _write_leaderboard(spec, study, tracker, parent)
-        tracker.end_run(parent, status)
+    reap_dead_trials(spec, study)
     return study
 
 
-def _best_value(study: optuna.Study) -> float | None:
+def work(spec: StudySpec, *, rank: int = 0, observer: SearchObserver | None = None,
+         device: str = "cpu") -> None:
+    """Run trials of an existing study until it has budget.n_trials (all workers together).
+
+    This is one worker, local or on another machine. Its sampler is seeded with the base seed
+    + 1000 * rank + the trials already in the study, so workers (and resumes) do not propose
+    the same first trials. Stops at budget.timeout seconds.
+    """
+    storage = open_storage(spec)
+    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=build_pruner(spec))
+    study.sampler = build_sampler(spec, seed_offset=1000 * rank + len(study.trials))
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    if parent is None:
+        raise StudyNotFound(f"study {spec.name!r} was not prepared (no parent run); start it "
+                            "with `harness run-study`")
+    tracker = Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name)
+    objective = _Objective(spec, tracker, parent, observer, device)
+    total = spec.budget.n_trials
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        if observer:
+            observer.trial_finished(trial, counted_trials(study), total, best_value(study))
+
+    deadline = time.monotonic() + spec.budget.timeout if spec.budget.timeout else None
+    with sealed_test_split():  # no trial can read the test split, even by mistake
+        while True:
+            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            if counted_trials(study) + running >= total:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                log.info("budget.timeout reached; no new trials")
+                break
+            try:
+                study.optimize(objective, n_trials=1, catch=(TrainingDiverged,),
+                               callbacks=[after_trial])
+            except KeyboardInterrupt:
+                _requeue_interrupted(spec, study, device)
+                raise
+
+
+def _requeue_interrupted(spec: StudySpec, study: optuna.Study, device: str) -> None:
+    """Re-queue the trial this worker was running when it was interrupted: no trial is lost."""
+    me = worker_id(device)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        lost = t.user_attrs.get("fail_reason", "").startswith("KeyboardInterrupt")
+        if t.user_attrs.get("worker") == me and lost and t.number not in retried_numbers(
+                study.get_trials(deepcopy=False)):
+            retry_trial(spec, study, t)
+
+
+def best_value(study: optuna.Study) -> float | None:
+    """The best complete trial's value, or None."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return min((t.value for t in complete if t.value is not None), default=None)
+
 
 
 def _spec_yaml(spec: StudySpec) -> str:
     import yaml
 
     return yaml.safe_dump(dict(spec.raw), sort_keys=False)
-
-
-def _write_leaderboard(spec: StudySpec, study: optuna.Study, tracker: Tracker, parent: str) -> None:
-    out = paths.study_dir(spec.name) / "leaderboard.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    leaderboard.build(study).to_csv(out, index=False)
-    tracker.log_artifact(parent, out)
-    log.info("leaderboard written to %s", out)

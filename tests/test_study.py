@@ -10,7 +10,8 @@ from mlflow import MlflowClient
 from harness import paths
 from harness.leaderboard import build
 from harness.spec import load_spec
-from harness.study import counted_trials, load_study, open_storage, run_search
+from harness.coordinator import run_search
+from harness.study import counted_trials, load_study, open_storage
 
 from .conftest import tiny_study
 

@@ -1,0 +1,205 @@
+"""run-study: prepare the study, run its workers, show their progress, write the leaderboard.
+
+One worker runs in this process. Several run as spawned processes, each with its own torch
+thread count (CPU) or GPU (CUDA_VISIBLE_DEVICES), all sharing the study's storage; this process
+watches the storage to draw one combined progress display, fails and re-queues the trials of
+workers that died, replaces such workers while trials remain, and stops them all on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from harness import leaderboard, logs, paths
+from harness.spec import StudySpec
+from harness.study import (
+    SearchObserver,
+    best_value,
+    counted_trials,
+    prepare_study,
+    reap_dead_trials,
+    work,
+)
+from harness.tracking import FINISHED, KILLED, Tracker
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0  # how often the coordinator looks at the storage
+STOP_GRACE_S = 60.0  # how long interrupted workers get to record their trial
+
+
+class WorkersFailed(RuntimeError):
+    """Worker processes kept dying while trials remained."""
+
+
+def threads_per_worker(spec: StudySpec, n_workers: int) -> int:
+    """Torch threads for each of `n_workers` CPU workers (oversubscribing collapses speed)."""
+    return spec.workers.threads or max(1, (os.cpu_count() or 1) // n_workers)
+
+
+def run_search(spec: StudySpec, *, workers: int | None = None,
+               observer: SearchObserver | None = None, device: str = "cpu") -> optuna.Study:
+    """Create or resume the study and run trials until it has budget.n_trials of them.
+
+    n_trials is the study's total: a resumed study only runs what is missing. Writes the
+    leaderboard CSV (also logged on the study's MLflow run) at the end, interrupted or not.
+    """
+    n = workers or spec.workers.count
+    study = prepare_study(spec)
+    tracker = Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    remaining = spec.budget.n_trials - counted_trials(study)
+    status = KILLED
+    try:
+        if remaining <= 0:
+            log.info("study %s already has its %d trials", spec.name, spec.budget.n_trials)
+        elif n == 1:
+            if spec.workers.threads:
+                import torch
+
+                torch.set_num_threads(spec.workers.threads)
+            work(spec, rank=0, observer=observer, device=device)
+        else:
+            _run_processes(spec, study, min(n, remaining), device, observer)
+        status = FINISHED
+    finally:
+        out = paths.study_dir(spec.name) / "leaderboard.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        leaderboard.build(study).to_csv(out, index=False)
+        tracker.log_artifact(parent, out)
+        tracker.end_run(parent, status)
+    return study
+
+
+def _gpu_for(rank: int, per_gpu: int, device: str) -> int | None:
+    import torch
+
+    from harness.train import resolve_device
+
+    if resolve_device(device).type != "cuda":
+        return None
+    return (rank // per_gpu) % max(1, torch.cuda.device_count())
+
+
+def _run_processes(spec: StudySpec, study: optuna.Study, n: int, device: str,
+                   observer: SearchObserver | None) -> None:
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that holds torch threads
+    threads = threads_per_worker(spec, n)
+
+    def start(rank: int) -> Any:
+        gpu = _gpu_for(rank, spec.workers.per_gpu, device)
+        p = ctx.Process(target=worker_main, args=(spec, rank, device, threads, gpu),
+                        name=f"harness-worker-{rank}", daemon=False)
+        p.start()
+        log.info("worker %d started (pid %d, %d threads, gpu %s)", rank, p.pid, threads, gpu)
+        return p
+
+    procs = {rank: start(rank) for rank in range(n)}
+    next_rank, restarts = n, 0
+    watcher = _Watcher(study, spec, observer)
+    try:
+        while any(p.is_alive() for p in procs.values()):
+            time.sleep(POLL_S)
+            reap_dead_trials(spec, study)
+            watcher.poll()
+            for rank, p in list(procs.items()):
+                if p.is_alive() or p.exitcode == 0:
+                    continue
+                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                if counted_trials(study) + running >= spec.budget.n_trials:
+                    continue
+                if restarts >= 3 * n:
+                    raise WorkersFailed(f"worker processes died {restarts} times; see the log")
+                log.warning("worker %d died (exit code %s); starting a replacement", rank,
+                            p.exitcode)
+                del procs[rank]
+                procs[next_rank] = start(next_rank)
+                next_rank, restarts = next_rank + 1, restarts + 1
+        reap_dead_trials(spec, study)
+        watcher.poll()
+    except BaseException:
+        _stop(procs.values())
+        reap_dead_trials(spec, study)
+        raise
+
+
+def _stop(procs: Any) -> None:
+    """Interrupt the workers (each records and re-queues its trial), then wait for them."""
+    for p in procs:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGINT)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+class _Watcher:
+    """Turns what the storage shows into the observer's progress events."""
+
+    def __init__(self, study: optuna.Study, spec: StudySpec,
+                 observer: SearchObserver | None) -> None:
+        self.study, self.spec, self.observer = study, spec, observer
+        self.finished = {t.number for t in study.get_trials(deepcopy=False)
+                         if t.state.is_finished()}
+        self.running: dict[int, int] = {}  # trial number -> last step shown
+
+    def poll(self) -> None:
+        if self.observer is None:
+            return
+        trials = self.study.get_trials(deepcopy=False)
+        for t in trials:
+            if t.state == TrialState.RUNNING:
+                if t.number not in self.running:
+                    self.running[t.number] = 0
+                    self.observer.trial_started(t.number, t.params)
+                if t.intermediate_values:
+                    step = max(t.intermediate_values)
+                    if step != self.running[t.number]:
+                        self.running[t.number] = step
+                        self.observer.evaluated(t.number, step, self.spec.budget.steps,
+                                                t.intermediate_values[step])
+            elif t.state.is_finished() and t.number not in self.finished:
+                self.finished.add(t.number)
+                self.running.pop(t.number, None)
+                self.observer.trial_finished(t, counted_trials(self.study),
+                                             self.spec.budget.n_trials, best_value(self.study))
+
+
+def worker_main(spec: StudySpec, rank: int, device: str, threads: int, gpu: int | None) -> None:
+    """Entry point of a spawned worker process."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before CUDA is first used
+    _interrupt_once()
+    logs.configure(verbose=False)
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        work(spec, rank=rank, device=device)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _interrupt_once() -> None:
+    """The first SIGINT or SIGTERM raises KeyboardInterrupt; later ones are ignored, so that
+    a worker can record its interrupted trial (a terminal's Ctrl-C reaches every process of the
+    group, and the coordinator forwards it too)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,183 @@
+"""Workers: several processes on one study, many machines on PostgreSQL, crashes and Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from harness import paths
+from harness.coordinator import run_search
+from harness.spec import load_spec
+from harness.study import counted_trials, load_study
+
+from .conftest import tiny_study
+
+pytestmark = pytest.mark.slow
+
+POSTGRES_ENV = "HARNESS_TEST_POSTGRES"  # e.g. postgresql://postgres@127.0.0.1:5432/test
+
+
+def postgres_url() -> str:
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(f"no PostgreSQL: set {POSTGRES_ENV} to a database URL to run this test "
+                    "(CI sets it)")
+    import sqlalchemy
+
+    try:
+        sqlalchemy.create_engine(url).connect().close()
+    except Exception as exc:  # the variable is set, so a dead server is a failure, not a skip
+        pytest.fail(f"{POSTGRES_ENV}={url} is set but unreachable: {exc}")
+    return url
+
+
+def mlflow_runs(experiment: str, role: str = "trial"):
+    client = MlflowClient(paths.tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get("harness.role") == role]
+
+
+def check_finished_study(spec, n_trials: int) -> list[optuna.trial.FrozenTrial]:
+    """Exactly n_trials count, nothing left RUNNING in Optuna or MLflow."""
+    study = load_study(spec)
+    assert counted_trials(study) == n_trials
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states and "WAITING" not in states
+    runs = mlflow_runs(spec.name)
+    assert "RUNNING" not in {r.info.status for r in runs}
+    numbers = {r.data.params["trial_number"] for r in runs}
+    assert numbers == {str(t.number) for t in study.trials}
+    return study.trials
+
+
+def test_two_local_workers_share_the_study(write_study):
+    spec = load_spec(write_study(tiny_study(budget={"n_trials": 4, "steps": 150,
+                                                    "eval_every": 50})))
+    run_search(spec, workers=2)
+    trials = check_finished_study(spec, 4)
+    assert len(trials) == 4
+    assert {t.state.name for t in trials} == {"COMPLETE"}
+    pids = {t.user_attrs["worker"].split(":")[1] for t in trials}
+    assert len(pids) == 2 and str(os.getpid()) not in pids  # two processes, not this one
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4  # no repeated proposals
+
+
+def test_two_workers_on_postgres(write_study):
+    url = postgres_url()
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    spec = load_spec(write_study(tiny_study(name=name, storage=url,
+                                            budget={"n_trials": 4, "steps": 150,
+                                                    "eval_every": 50})))
+    run_search(spec, workers=2)
+    trials = check_finished_study(spec, 4)
+    assert {t.state.name for t in trials} == {"COMPLETE"}
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    runs = mlflow_runs(name)
+    assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 4
+    optuna.delete_study(study_name=name, storage=url)
+
+
+def start_run_study(path: Path, cwd: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "run-study", str(path),
+                             "--no-finalize", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_for_running_trial(spec, proc, min_step: int = 1, timeout: float = 120):
+    """A trial that is RUNNING and has reported at least `min_step` steps."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if paths.journal_path().exists():
+            try:
+                study = load_study(spec)
+            except Exception:  # not created yet
+                study = None
+            if study:
+                for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+                    if t.intermediate_values and max(t.intermediate_values) >= min_step:
+                        return t
+        time.sleep(0.2)
+    pytest.fail("no trial started running in time")
+
+
+def test_sigkill_of_a_worker_costs_only_its_trial(write_study, tmp_path: Path):
+    study_file = tiny_study(budget={"n_trials": 4, "steps": 1500, "eval_every": 50})
+    spec = load_spec(write_study(study_file))
+    proc = start_run_study(spec_path := tmp_path / "study.yaml", tmp_path, "--workers", "2")
+    assert spec_path.exists()
+    victim = wait_for_running_trial(spec, proc)
+    worker_pid = int(victim.user_attrs["worker"].split(":")[1])
+    os.kill(worker_pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+
+    trials = check_finished_study(spec, 4)
+    killed = trials[victim.number]
+    assert killed.state.name == "FAIL"
+    assert f"worker process {worker_pid} is gone" in killed.user_attrs["fail_reason"]
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
+    assert retries[0].params == killed.params
+    status = {r.data.params["trial_number"]: r.info.status for r in mlflow_runs(spec.name)}
+    assert status[str(victim.number)] == "FAILED"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigint_stops_cleanly_and_a_rerun_resumes(write_study, tmp_path: Path, workers: str):
+    study_file = tiny_study(budget={"n_trials": 3, "steps": 1500, "eval_every": 50})
+    spec = load_spec(write_study(study_file))
+    proc = start_run_study(tmp_path / "study.yaml", tmp_path, "--workers", workers)
+    interrupted = wait_for_running_trial(spec, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+
+    study = load_study(spec)
+    assert "RUNNING" not in {t.state.name for t in study.trials}
+    assert "RUNNING" not in {r.info.status for r in mlflow_runs(spec.name)}
+    assert study.trials[interrupted.number].state.name == "FAIL"
+
+    proc = start_run_study(tmp_path / "study.yaml", tmp_path, "--workers", workers)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    trials = check_finished_study(spec, 3)
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == interrupted.number]
+    assert len(retry) == 1 and retry[0].params == interrupted.params
+
+
+def test_heartbeat_stale_trial_is_failed_requeued_and_its_run_closed(write_study, tmp_path):
+    # An RDB storage (SQLite here, PostgreSQL for a team) gets Optuna's heartbeats.
+    from harness.study import prepare_study
+    from harness.tracking import Tracker
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    spec = load_spec(write_study(tiny_study(storage=url, workers={"heartbeat_s": 1})))
+    study = prepare_study(spec)
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)})
+    tracker = Tracker(None, spec.name)
+    run = tracker.start_trial(study.user_attrs["mlflow_parent_run_id"], spec.name,
+                              trial.number, {"lr": trial.params["lr"]})
+    trial.set_user_attr("mlflow_run_id", run.run_id)
+    study._storage.record_heartbeat(trial._trial_id)  # a worker beat once, then died
+    time.sleep(3.5)  # grace period: 3 heartbeats
+    optuna.storages.fail_stale_trials(study)  # what the next worker does before its trial
+
+    trials = load_study(spec).trials
+    assert trials[0].state.name == "FAIL"
+    assert trials[1].state.name == "WAITING" and trials[1].system_attrs["failed_trial"] == 0
+    assert counted_trials(load_study(spec)) == 0
+    assert tracker.client.get_run(run.run_id).info.status == "FAILED"
