@@ -173,8 +173,11 @@ def test_heartbeat_stale_trial_is_failed_requeued_and_its_run_closed(write_study
                               trial.number, {"lr": trial.params["lr"]})
     trial.set_user_attr("mlflow_run_id", run.run_id)
     study._storage.record_heartbeat(trial._trial_id)  # a worker beat once, then died
-    time.sleep(3.5)  # grace period: 3 heartbeats
-    optuna.storages.fail_stale_trials(study)  # what the next worker does before its trial
+    # What the next worker does before its trial, until the grace period (3 beats) has passed.
+    deadline = time.monotonic() + 30
+    while study.trials[0].state.name == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        optuna.storages.fail_stale_trials(study)
 
     trials = load_study(spec).trials
     assert trials[0].state.name == "FAIL"
