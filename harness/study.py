@@ -299,7 +299,7 @@ class _Objective:
         figures = {"best_dev_loss": result.best_dev_loss, "n_params": result.n_params,
                    "steps_per_sec": result.steps_per_sec}
         for key, value in {**figures, "best_step": result.best_step, "steps": result.steps,
-                           "last_dev_loss": result.dev_loss}.items():
+                           "last_dev_loss": result.dev_loss, "train_s": result.elapsed_s}.items():
             trial.set_user_attr(key, value)
         if result.stopped_early:
             run.finish(KILLED, figures, tags={"harness.state": "PRUNED"})

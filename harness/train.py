@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from harness.data import SearchData
 from harness.hparams import HParams
 from harness.model import MLP, mean_loss, n_params
+from harness.steps import make_step
 
 
 class TrainingDiverged(RuntimeError):
@@ -31,6 +31,10 @@ class TrainingDiverged(RuntimeError):
         self.what = what
         self.value = value
 
+
+# Minibatch indices are drawn this many steps at a time: one gather per block instead of three
+# small operations per step. Fixed, so that the batches do not depend on eval_every.
+BATCH_BLOCK = 512
 
 # A loss this many times that of uniform guessing (log vocab_size) means training has diverged:
 # a sane run starts near 1x (the small output layer) and only goes down.
@@ -108,15 +112,6 @@ def lr_at(hp: HParams, step: int, total_steps: int) -> float:
     raise ValueError(f"unknown lr_schedule {hp.lr_schedule!r}")
 
 
-def make_optimizer(hp: HParams, model: MLP) -> torch.optim.Optimizer:
-    """The optimizer named by `hp.optimizer`, at `hp.lr` (the schedule sets lr each step)."""
-    if hp.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-    if hp.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-    raise ValueError(f"unknown optimizer {hp.optimizer!r}")
-
-
 def resolve_device(device: str) -> torch.device:
     """'auto' -> cuda when available, else cpu; anything else as given."""
     if device == "auto":
@@ -132,11 +127,14 @@ def train(
     eval_every: int,
     on_eval: OnEval | None = None,
     device: str = "cpu",
+    step_kind: str = "manual",
 ) -> TrainResult:
     """Train the MLP of `hp` on `data.train` for `steps` steps, evaluating on `data.dev`.
 
-    Evaluates every `eval_every` steps and after the last step. Raises TrainingDiverged on a
-    non-finite loss and ValueError on a config the data cannot serve.
+    Evaluates every `eval_every` steps and after the last step. `step_kind` picks the step
+    implementation (harness.steps): "manual" (fast) or "autograd" (the reference); both compute
+    the same function. Raises TrainingDiverged on a diverging loss and ValueError on a config
+    the data cannot serve.
     """
     if steps < 1 or eval_every < 1:
         raise ValueError(f"steps and eval_every must be >= 1, got {steps} and {eval_every}")
@@ -153,7 +151,7 @@ def train(
     torch.manual_seed(hp.seed)
     batch_gen = torch.Generator(device=dev).manual_seed(hp.seed)
     model = MLP.from_hparams(hp, len(data.vocab)).to(dev)
-    optimizer = make_optimizer(hp, model)
+    update = make_step(step_kind, model, hp)
     Xtr, Ytr = data.train.X.to(dev), data.train.Y.to(dev)  # (N, T), (N,)
     Xdev, Ydev = data.dev.X.to(dev), data.dev.Y.to(dev)
 
@@ -167,19 +165,16 @@ def train(
     started = time.perf_counter()
     step = 0
     while step < steps:
-        # Minibatch: batch_size random training examples.
-        ix = torch.randint(0, len(Ytr), (hp.batch_size,), device=dev, generator=batch_gen)
-        logits = model(Xtr[ix])  # (B, V)
-        loss = F.cross_entropy(logits, Ytr[ix])
-
-        # Backward and update at this step's learning rate.
+        # Minibatches: batch_size random training examples per step, drawn a block at a time.
+        k = step % BATCH_BLOCK
+        if k == 0:
+            n = min(BATCH_BLOCK, steps - step)
+            ix = torch.randint(0, len(Ytr), (n, hp.batch_size), device=dev, generator=batch_gen)
+            Xb, Yb = Xtr[ix], Ytr[ix]  # (n, B, T), (n, B)
+        # Forward, backward, update at this step's learning rate.
         lr = lr_at(hp, step, steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach()  # no host sync per step: read only at evaluations
+        loss = update(Xb[k], Yb[k], lr)  # (B, T), (B,) -> mean minibatch loss (0-dim)
+        loss_sum += loss  # no host sync per step: the loss is read only at evaluations
         step += 1
 
         if step % eval_every and step != steps:
