@@ -120,14 +120,14 @@ def cmd_run_study(args: argparse.Namespace) -> int:
     from harness.final import AlreadyFinalized
 
     try:
-        return _finalize_and_report(spec, force=False, device=args.device)
+        return _finalize_and_report(spec, force=False, device=args.device, workers=workers)
     except AlreadyFinalized as exc:
         print(f"already finalized: test loss {exc.record['test_mean']:.4f} "
               f"+- {exc.record['test_std']:.4f} (harness finalize --force to redo)")
         return 0
 
 
-def _finalize_and_report(spec: Any, *, force: bool, device: str) -> int:
+def _finalize_and_report(spec: Any, *, force: bool, device: str, workers: int = 1) -> int:
     from harness.final import finalize
 
     progress = Progress()
@@ -139,7 +139,7 @@ def _finalize_and_report(spec: Any, *, force: bool, device: str) -> int:
             progress.line(header.pop())
         progress.status(message)
 
-    record = finalize(spec, force=force, device=device, progress=report)
+    record = finalize(spec, force=force, device=device, workers=workers, progress=report)
     progress.status("")
     print(format_final(record))
     return 0
@@ -186,7 +186,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:
-    return _finalize_and_report(_load(args), force=args.force, device=args.device)
+    spec = _load(args)
+    return _finalize_and_report(spec, force=args.force, device=args.device,
+                                workers=args.workers or spec.workers.count)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -232,12 +234,50 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from harness.baseline import baselines
+
+    spec = _load(args)
+    print(f"count-based models on the split of {spec.name} (train counts, dev loss; the "
+          "test split is not read)", file=sys.stderr)
+    results = baselines(spec.data)
+    _save_baselines(spec, results)
+    for r in results:
+        discount = f"  (discount {r.discount})" if r.discount is not None else ""
+        print(f"{r.model:<22} dev loss {r.dev_loss:.4f}{discount}")
+    return 0
+
+
+def _save_baselines(spec: Any, results: Sequence[Any]) -> None:
+    from dataclasses import asdict
+
+    from harness import paths
+
+    out = paths.study_dir(spec.name) / "baselines.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+
+
+def _load_baselines(spec: Any) -> list[Any]:
+    """The study's saved baselines, computed (and saved) first if there are none."""
+    from harness import paths
+    from harness.baseline import BaselineResult, baselines
+
+    path = paths.study_dir(spec.name) / "baselines.json"
+    if path.exists():
+        return [BaselineResult(**r) for r in json.loads(path.read_text())]
+    results = baselines(spec.data)
+    _save_baselines(spec, results)
+    return results
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from harness import leaderboard
     from harness.study import load_study
 
     spec = _load(args)
-    df = leaderboard.build(load_study(spec))
+    study = load_study(spec)
+    df = leaderboard.build(study, _load_baselines(spec) if args.baselines else ())
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(args.out, index=False)
@@ -310,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("finalize", cmd_finalize,
             "Retrain the top trials on several seeds, choose by mean dev loss, then evaluate "
             "the test split once, save the model and record the result.")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="processes for the retrainings (default: the study's workers.count)")
     p.add_argument("--force", action="store_true",
                    help="finalize again even though the test split was already evaluated "
                         "(the record counts every evaluation)")
@@ -325,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("leaderboard", cmd_leaderboard, "Write the study's trials as a ranked CSV.")
     p.add_argument("--out", metavar="FILE", help="write the CSV here (default: standard output)")
+    p.add_argument("--baselines", action="store_true",
+                   help="add the count-based reference models (harness baseline) as rows")
+
+    add("baseline", cmd_baseline,
+        "Dev losses of count-based models on the study's split: the lecture's bigram and "
+        "Kneser-Ney n-grams of orders 2 to 7 (discount tuned on dev).")
     return parser
 
 

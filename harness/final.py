@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,12 +99,24 @@ def candidates(study: optuna.Study, top_k: int) -> list[Candidate]:
     return out
 
 
-def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu",
+def _retrain(hp: HParams, data_cfg: Any, steps: int, eval_every: int, device: str,
+             threads: int) -> tuple[float, dict[str, Any]]:
+    """One candidate on one seed, in a worker process: its best dev loss and weights."""
+    import torch
+
+    torch.set_num_threads(threads)
+    result = train(hp, load_search_data(data_cfg, hp.context_length), steps=steps,
+                   eval_every=eval_every, device=device)
+    return result.best_dev_loss, {k: v.cpu() for k, v in result.model.state_dict().items()}
+
+
+def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", workers: int = 1,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Choose the final config on dev, evaluate it once on test, save and record it.
 
-    Raises AlreadyFinalized when the study has a final record and `force` is False, and
-    NothingToFinalize when it has no complete trial.
+    The candidate x seed retrainings run in this process, or spread over `workers` spawned
+    processes (one torch thread each on CPU). Raises AlreadyFinalized when the study has a
+    final record and `force` is False, and NothingToFinalize when it has no complete trial.
     """
     study = load_study(spec)
     previous = study.user_attrs.get(RECORD_ATTR)
@@ -116,19 +131,39 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu",
     started = time.time()
 
     # 1-2. Retrain every candidate on every seed; choose by mean dev loss.
-    for i, cand in enumerate(pool, 1):
-        data = load_search_data(spec.data, cand.hparams.context_length)
-        for seed in seeds:
+    jobs = {(i, seed): HParams(**{**cand.hparams.to_dict(), "seed": seed})
+            for i, cand in enumerate(pool) for seed in seeds}
+    done: dict[tuple[int, int], tuple[float, MLP]] = {}
+    if workers <= 1:
+        for (i, seed), hp in jobs.items():
             def on_eval(ev: Evaluation, i: int = i, seed: int = seed) -> None:
-                say(f"candidate {i}/{len(pool)} (trial {cand.trial}), seed {seed}: "
+                say(f"candidate {i + 1}/{len(pool)} (trial {pool[i].trial}), seed {seed}: "
                     f"step {ev.step}/{steps}, dev {ev.dev_loss:.4f}")
 
-            hp = HParams(**{**cand.hparams.to_dict(), "seed": seed})
-            result = train(hp, data, steps=steps, eval_every=spec.budget.eval_every,
-                           on_eval=on_eval, device=device)
-            cand.dev_losses.append(result.best_dev_loss)
-            cand.models.append(result.model)
-        say(f"candidate {i}/{len(pool)} (trial {cand.trial}): dev {cand.dev_mean:.4f} "
+            result = train(hp, load_search_data(spec.data, hp.context_length), steps=steps,
+                           eval_every=spec.budget.eval_every, on_eval=on_eval, device=device)
+            done[i, seed] = result.best_dev_loss, result.model
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as ex:
+            futures = {ex.submit(_retrain, hp, spec.data, steps, spec.budget.eval_every, device,
+                                 threads): key for key, hp in jobs.items()}
+            say(f"{len(jobs)} retrainings on {min(workers, len(jobs))} processes")
+            for future in as_completed(futures):
+                (i, seed), (dev, state) = futures[future], future.result()
+                vocab = load_search_data(spec.data, jobs[i, seed].context_length).vocab
+                model = MLP.from_hparams(jobs[i, seed], len(vocab))
+                model.load_state_dict(state)
+                done[i, seed] = dev, model.eval()
+                say(f"{len(done)}/{len(jobs)} done: candidate {i + 1} (trial {pool[i].trial}), "
+                    f"seed {seed}: dev {dev:.4f}")
+    for i, cand in enumerate(pool):
+        for seed in seeds:
+            dev, model = done[i, seed]
+            cand.dev_losses.append(dev)
+            cand.models.append(model)
+        say(f"candidate {i + 1}/{len(pool)} (trial {cand.trial}): dev {cand.dev_mean:.4f} "
             f"+- {cand.dev_std:.4f} over {len(seeds)} seeds")
     chosen = min(pool, key=lambda c: c.dev_mean)
 

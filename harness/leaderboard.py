@@ -1,12 +1,14 @@
 """Trials -> a ranked pandas DataFrame -> CSV.
 
 Complete trials come first, ranked by best dev loss; pruned, failed and running trials follow,
-with their best or last dev loss and the failure reason.
+with their best or last dev loss and the failure reason. Reference models (count-based n-grams,
+harness.baseline) can stand among the complete trials as unranked REFERENCE rows.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -15,10 +17,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness import hparams
 
-_STATE_ORDER = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.FAIL: 2,
-                TrialState.RUNNING: 3, TrialState.WAITING: 4}
+_STATE_ORDER = {"COMPLETE": 0, "REFERENCE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3,
+                "WAITING": 4}
 
-FIRST_COLUMNS = ["rank", "trial", "state", "best_dev_loss", "best_step", "last_dev_loss"]
+FIRST_COLUMNS = ["rank", "trial", "state", "model", "best_dev_loss", "best_step", "last_dev_loss"]
 LAST_COLUMNS = ["n_params", "steps", "steps_per_sec", "duration_s", "worker", "mlflow_run_id",
                 "fail_reason"]
 COLUMNS = FIRST_COLUMNS + list(hparams.NAMES) + LAST_COLUMNS
@@ -42,6 +44,7 @@ def _row(t: FrozenTrial) -> dict[str, Any]:
     return {
         "trial": t.number,
         "state": t.state.name,
+        "model": "mlp",
         "best_dev_loss": best_dev,
         "best_step": best_step,
         "last_dev_loss": last_dev,
@@ -56,19 +59,26 @@ def _row(t: FrozenTrial) -> dict[str, Any]:
     }
 
 
-def build(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial, complete trials first by best dev loss, then the others."""
+def build(study: optuna.Study, references: Sequence[Any] = ()) -> pd.DataFrame:
+    """One row per trial, complete trials first by best dev loss, then the others.
+
+    `references` (harness.baseline.BaselineResult) are placed among the complete trials by
+    their dev loss, unranked, with state REFERENCE.
+    """
     trials = study.get_trials(deepcopy=False)
     rows = [_row(t) for t in trials]
+    rows += [{"state": "REFERENCE", "model": r.model, "best_dev_loss": r.dev_loss}
+             for r in references]
     df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "rank"])
     if df.empty:
         return pd.DataFrame(columns=COLUMNS)
-    order = df["state"].map({s.name: i for s, i in _STATE_ORDER.items()}).fillna(len(_STATE_ORDER))
+    order = df["state"].map(_STATE_ORDER).fillna(len(_STATE_ORDER))
     loss = df["best_dev_loss"].astype(float).fillna(math.inf)
     df = (df.assign(_order=order, _loss=loss)
             .sort_values(["_order", "_loss", "trial"], kind="stable")
             .drop(columns=["_order", "_loss"])
             .reset_index(drop=True))
     complete = df["state"] == TrialState.COMPLETE.name
-    df.insert(0, "rank", pd.Series(range(1, len(df) + 1)).where(complete).astype("Int64"))
+    df.insert(0, "rank", complete.cumsum().where(complete).astype("Int64"))
+    df["trial"] = df["trial"].astype("Int64")
     return df

@@ -170,8 +170,8 @@ class StudySpec:
         return hparams.make({**self.fixed, **params})
 
     def search_names(self) -> list[str]:
-        """Names of every searched parameter, conditional ones included."""
-        return [p.name for p in iter_params(self.search)]
+        """Names of every searched parameter, conditional ones included, once each."""
+        return list(dict.fromkeys(p.name for p in iter_params(self.search)))
 
 
 def iter_params(params: Sequence[Param]) -> Iterator[Param]:
@@ -456,6 +456,43 @@ def _parse_space(raw: Any, path: str, errors: list[str]) -> tuple[Param, ...]:
     return tuple(p for p in params if p is not None)
 
 
+def _level_names(params: Sequence[Param]) -> dict[str, Param]:
+    """Names a space defines: its own, and those of its conditional branches. A name may recur
+    in sibling branches of one choice (only one branch is ever active), with the same type."""
+    names: dict[str, Param] = {}
+    for p in params:
+        names.setdefault(p.name, p)
+        if isinstance(p, CategoricalParam):
+            merged: dict[str, Param] = {}
+            for branch in p.conditional.values():
+                for name, q in _level_names(branch).items():
+                    merged.setdefault(name, q)
+            names.update({k: v for k, v in merged.items() if k not in names})
+    return names
+
+
+def _duplicates(params: Sequence[Param], path: str) -> list[str]:
+    """Errors for names searched twice other than in sibling branches, or with two types."""
+    errors = []
+    seen: set[str] = set()
+    for p in params:
+        own = [p.name]
+        if isinstance(p, CategoricalParam):
+            kinds: dict[str, type] = {}
+            for choice, branch in p.conditional.items():
+                errors += _duplicates(branch, f"{path}.{p.name}.conditional.{choice}")
+                for name, q in _level_names(branch).items():
+                    if kinds.setdefault(name, type(q)) is not type(q):
+                        errors.append(f"{path}.{p.name}.conditional: {name} has different types "
+                                      "in different branches")
+            own += list(kinds)
+        for name in own:
+            if name in seen:
+                errors.append(f"{path}: {name} is searched more than once")
+            seen.add(name)
+    return errors
+
+
 def _parse_tracking(raw: Any, errors: list[str]) -> TrackingSpec:
     d = _mapping(raw, "tracking", errors)
     _reject_unknown(d, _dataclass_keys(TrackingSpec), "tracking", errors)
@@ -530,13 +567,9 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
     finalize = _parse_finalize(top.get("finalize"), errors)
     workers = _parse_workers(top.get("workers"), errors)
 
-    seen: set[str] = set()
-    for p in iter_params(search):
-        if p.name in seen:
-            errors.append(f"search: {p.name} is searched more than once")
-        if p.name in fixed:
-            errors.append(f"search.{p.name}: also set in fixed; a parameter is fixed or searched")
-        seen.add(p.name)
+    errors += _duplicates(search, "search")
+    for name in {p.name for p in iter_params(search)} & set(fixed):
+        errors.append(f"search.{name}: also set in fixed; a parameter is fixed or searched")
     if sampler_type == "grid":
         for p in iter_params(search):
             if isinstance(p, FloatParam) and p.step is None:

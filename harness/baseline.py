@@ -1,0 +1,106 @@
+"""Count-based reference models on the study's own split: what the MLP has to beat.
+
+- the lecture's bigram ("makemore part 1": counts + 1, normalized);
+- interpolated Kneser-Ney character n-grams, orders 2 to 7, the discount tuned on dev.
+
+Each predicts every character and the end of each word from the characters before it, padded
+with the boundary token, exactly the examples the MLP is scored on, so the dev losses compare
+directly. Counts come from the train split; only dev is scored. The test split is not read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from harness.data import BOUNDARY, DataConfig, Vocab, read_words, split_words
+
+DISCOUNTS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    model: str
+    order: int
+    dev_loss: float
+    discount: float | None = None
+
+
+def examples(words: Iterable[str], order: int) -> list[tuple[str, str]]:
+    """(history of order-1 characters, next character) for every position, boundary-padded."""
+    pad = BOUNDARY * (order - 1)
+    out = []
+    for w in words:
+        s = pad + w + BOUNDARY
+        out += [(s[i - order + 1 : i], s[i]) for i in range(order - 1, len(s))]
+    return out
+
+
+class KneserNey:
+    """Interpolated Kneser-Ney with one absolute discount for all orders."""
+
+    def __init__(self, train_words: Sequence[str], order: int, vocab: Vocab) -> None:
+        self.order = order
+        self.vocab = vocab.itos
+        # counts[k][(h, w)]: highest order uses real counts, lower orders continuation counts.
+        self.counts: list[Counter] = [Counter() for _ in range(order)]
+        grams = examples(train_words, order)
+        top = Counter((h, w) for h, w in grams)
+        self.counts[order - 1] = top
+        for k in range(order - 2, -1, -1):  # history length k
+            cont: Counter = Counter()
+            for h, w in self.counts[k + 1]:
+                cont[h[1:], w] += 1  # distinct left extensions of (h[1:], w)
+            self.counts[k] = cont
+        self.totals: list[dict[str, int]] = []
+        self.types: list[dict[str, int]] = []
+        for c in self.counts:
+            total: dict[str, int] = defaultdict(int)
+            types: dict[str, int] = defaultdict(int)
+            for (h, _w), n in c.items():
+                total[h] += n
+                types[h] += 1
+            self.totals.append(total)
+            self.types.append(types)
+
+    def prob(self, history: str, w: str, discount: float) -> float:
+        p = 1.0 / len(self.vocab)  # the uniform floor under the unigram
+        for k in range(self.order):  # from the empty history up to the full one
+            h = history[len(history) - k :] if k else ""
+            total = self.totals[k].get(h, 0)
+            if total == 0:
+                continue  # unseen history: keep the lower-order estimate
+            c = self.counts[k].get((h, w), 0)
+            lam = discount * self.types[k][h] / total
+            p = max(c - discount, 0) / total + lam * p
+        return p
+
+    def loss(self, words: Sequence[str], discount: float) -> float:
+        grams = examples(words, self.order)
+        return -sum(math.log(self.prob(h, w, discount)) for h, w in grams) / len(grams)
+
+
+def bigram_loss(train_words: Sequence[str], dev_words: Sequence[str], vocab: Vocab) -> float:
+    """The lecture's count model: bigram counts + 1, normalized per row."""
+    counts = Counter(examples(train_words, 2))
+    row: Counter = Counter()
+    for (h, _w), n in counts.items():
+        row[h] += n
+    V = len(vocab)
+    grams = examples(dev_words, 2)
+    return -sum(math.log((counts[h, w] + 1) / (row[h] + V)) for h, w in grams) / len(grams)
+
+
+def baselines(cfg: DataConfig, orders: Sequence[int] = range(2, 8)) -> list[BaselineResult]:
+    """Dev losses of the bigram and of Kneser-Ney n-grams, each with its best discount on dev."""
+    words = read_words(cfg.path)
+    train, dev, _test = split_words(words, cfg)
+    vocab = Vocab.from_words(words)
+    results = [BaselineResult("bigram (counts + 1)", 2, bigram_loss(train, dev, vocab))]
+    for order in orders:
+        kn = KneserNey(train, order, vocab)
+        loss, d = min((kn.loss(dev, d), d) for d in DISCOUNTS)
+        results.append(BaselineResult(f"Kneser-Ney {order}-gram", order, loss, d))
+    return results
