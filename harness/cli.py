@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from harness import __version__
+from harness.redact import redact
 
 EXIT_USAGE = 2  # bad study file, data file or arguments: nothing was run
 EXIT_FAILED = 1
@@ -40,9 +39,9 @@ artifacts/), the embedded Optuna storage (optuna.journal) and per-study outputs 
 class Progress:
     """A live status line on a terminal (one line per finished trial otherwise), on stderr."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
-        self.live = stream.isatty()
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
         self.header = ""
         self.running: dict[int, str] = {}  # trial number -> its latest progress
 
@@ -104,7 +103,8 @@ def cmd_run_study(args: argparse.Namespace) -> int:
           file=sys.stderr)
     study = run_search(spec, workers=workers, observer=Progress(), device=args.device)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    counts = {s: sum(t.state.name == s for t in study.trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    counts = {s: sum(t.state.name == s for t in study.trials)
+              for s in ("COMPLETE", "PRUNED", "FAIL")}
     print(f"study {spec.name}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
     if complete:
         best = study.best_trial
@@ -114,7 +114,11 @@ def cmd_run_study(args: argparse.Namespace) -> int:
     from harness import paths
 
     print(f"leaderboard: {paths.study_dir(spec.name) / 'leaderboard.csv'}")
-    print(f"MLflow UI:   mlflow ui --backend-store-uri {spec.tracking.uri or paths.tracking_uri()}")
+    if spec.tracking.uri and spec.tracking.uri.startswith(("http://", "https://")):
+        print(f"MLflow UI:   {redact(spec.tracking.uri)}")
+    else:
+        print("MLflow UI:   mlflow ui --backend-store-uri "
+              f"{redact(spec.tracking.uri or paths.tracking_uri())}")
     if args.no_finalize or not spec.finalize.enabled:
         return 0
     from harness.final import AlreadyFinalized
@@ -385,18 +389,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from harness.coordinator import WorkersFailed
     from harness.data import DataError
     from harness.final import AlreadyFinalized, NothingToFinalize
+    from harness.model import ModelFileError
     from harness.spec import SpecError
-    from harness.study import StudyNotFound
+    from harness.study import StorageError, StudyNotFound
     from harness.tracking import TrackingError
 
     try:
         return args.func(args)
     except (SpecError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except (StudyNotFound, TrackingError, AlreadyFinalized, NothingToFinalize,
-            WorkersFailed) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (StudyNotFound, StorageError, TrackingError, AlreadyFinalized, NothingToFinalize,
+            WorkersFailed, ModelFileError) as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume", file=sys.stderr)

@@ -175,6 +175,22 @@ def build_examples(words: list[str], vocab: Vocab, context_length: int) -> Examp
     return Examples(X, Y)
 
 
+@dataclass(frozen=True)
+class DataSummary:
+    """What a data config yields: words per split, training examples, vocabulary size."""
+
+    words: tuple[int, int, int]
+    train_examples: int
+    vocab_size: int
+
+
+def summarize(cfg: DataConfig) -> DataSummary:
+    """Read and split the data (raising DataError on any problem) and count what it yields."""
+    (train_w, dev_w, test_w), vocab = _words_and_vocab(cfg)
+    return DataSummary((len(train_w), len(dev_w), len(test_w)),
+                       sum(len(w) + 1 for w in train_w), len(vocab))
+
+
 @functools.lru_cache(maxsize=4)
 def _words_and_vocab(cfg: DataConfig) -> tuple[tuple[list[str], list[str], list[str]], Vocab]:
     words = read_words(cfg.path)

@@ -183,7 +183,8 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", worke
     save_model(model_path, model, model_hp, itos)
 
     train_words = training_words(spec.data)
-    names = sample_words(model, itos, spec.finalize.samples, seed=0) if spec.finalize.samples else []
+    n = spec.finalize.samples
+    names = sample_words(model, itos, n, seed=0) if n else []
     novel = sum(n not in train_words for n in names) / len(names) if names else None
 
     record: dict[str, Any] = {

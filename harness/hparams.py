@@ -120,7 +120,7 @@ def check_value(name: str, value: Any) -> str | None:
 
 
 def make(values: Mapping[str, Any]) -> HParams:
-    """Build HParams from defaults overlaid with `values`; raise ValueError listing every problem."""
+    """HParams from the defaults overlaid with `values`; ValueError listing every problem."""
     problems = [f"{k}: {why}" for k, v in values.items() if (why := check_value(k, v))]
     if problems:
         raise ValueError("invalid hyperparameters: " + "; ".join(problems))

@@ -12,6 +12,10 @@ def configure(verbose: bool = False) -> None:
     # MLflow installs its own handler at import, at INFO unless told otherwise.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(level))
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from harness.redact import RedactingFilter
+
+    for handler in logging.getLogger().handlers:  # no password reaches a log line
+        handler.addFilter(RedactingFilter())
     for noisy in ("alembic", "mlflow", "optuna"):
         logging.getLogger(noisy).setLevel(level)
     import optuna

@@ -141,11 +141,20 @@ def save_model(path: Path, model: MLP, hp: HParams, itos: Sequence[str]) -> None
     torch.save(payload, path)
 
 
+class ModelFileError(ValueError):
+    """A model file that is not a harness model, or that would need code to be unpickled."""
+
+
 def load_model(path: Path) -> tuple[MLP, HParams, tuple[str, ...]]:
     """Read a file written by `save_model` (weights_only: no code is unpickled)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path}: not a harness model file (format {payload.get('format')!r})")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError for code, RuntimeError for junk
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path}: refused to load (only tensors and plain values are "
+                             f"read, never code): {first}") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{path}: not a harness model file")
     hp = HParams(**payload["hparams"])
     itos = tuple(payload["itos"])
     model = MLP.from_hparams(hp, len(itos))

@@ -212,7 +212,9 @@ def parse_yaml(text: str, source: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise SpecError(source, [f"YAML syntax error: {where}{exc.problem or exc}"]) from None
+        kind = ("unsupported YAML tag (study files are read with the safe loader)"
+                if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error")
+        raise SpecError(source, [f"{kind}: {where}{exc.problem or exc}"]) from None
     except yaml.YAMLError as exc:
         raise SpecError(source, [f"YAML error: {exc}"]) from None
 
@@ -247,7 +249,8 @@ def _reject_unknown(d: Mapping[str, Any], allowed: Sequence[str], path: str,
 
 
 def _typed(value: Any, kind: type, path: str, errors: list[str]) -> Any:
-    """`value` if it is a `kind` (an int passes as float, a bool never as a number), else _MISSING."""
+    """`value` if it is a `kind` (an int passes as float, a bool never as a number), else
+    _MISSING."""
     ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -581,7 +584,8 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
         raise SpecError(source, errors)
     return StudySpec(
         name=name, data=data, budget=budget,
-        sampler=SamplerSpec(sampler_type, sampler_opts), pruner=PrunerSpec(pruner_type, pruner_opts),
+        sampler=SamplerSpec(sampler_type, sampler_opts),
+        pruner=PrunerSpec(pruner_type, pruner_opts),
         fixed=fixed, search=search, storage=storage, tracking=tracking, finalize=finalize,
         workers=workers, source=source, raw=top,
     )

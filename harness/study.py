@@ -20,10 +20,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from harness import paths
-from harness.data import load_search_data, read_words, sealed_test_split
+from harness import hparams, paths
+from harness.data import DataError, load_search_data, sealed_test_split, summarize
+from harness.redact import redact
 from harness.spec import (
     CategoricalParam,
     FloatParam,
@@ -32,10 +34,13 @@ from harness.spec import (
     StudySpec,
     iter_params,
 )
-from harness.tracking import FAILED, FINISHED, KILLED, Tracker
+from harness.tracking import FAILED, FINISHED, KILLED, Tracker, check_reachable
 from harness.train import Evaluation, TrainingDiverged, train
 
 log = logging.getLogger(__name__)
+
+# Faults that fail one trial, and the study goes on.
+TRIAL_FAULTS = (TrainingDiverged, torch.cuda.OutOfMemoryError)
 
 # Trials that use up the budget: n_trials counts these, across resumes.
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -43,6 +48,10 @@ COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 class StudyNotFound(LookupError):
     """The study file's study has not been run yet (nothing in its storage)."""
+
+
+class StorageError(RuntimeError):
+    """The Optuna storage cannot be opened (unreachable or misspelled URL)."""
 
 
 class SearchObserver(Protocol):
@@ -68,12 +77,17 @@ def open_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
     """
     if spec.storage:
         beat = spec.workers.heartbeat_s
-        with warnings.catch_warnings():  # heartbeats and the retry callback are "experimental"
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                spec.storage, heartbeat_interval=beat, grace_period=3 * beat,
-                heartbeat_stale_trial_callback=_RetryStale(spec),
-            )
+        try:
+            with warnings.catch_warnings():  # heartbeats and the retry callback: "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    spec.storage, heartbeat_interval=beat, grace_period=3 * beat,
+                    heartbeat_stale_trial_callback=_RetryStale(spec),
+                )
+        except Exception as exc:  # SQLAlchemy raises many kinds for a bad or dead URL
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise StorageError(f"cannot open the Optuna storage {redact(spec.storage)}: "
+                               f"{redact(reason)}") from None
     path = paths.journal_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     # The journal file is safe for several processes on one machine (file lock), unlike SQLite.
@@ -141,7 +155,7 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 def load_study(spec: StudySpec) -> optuna.Study:
     """The existing study of a spec (no sampler or pruner needed). Raises StudyNotFound."""
     not_found = StudyNotFound(f"study {spec.name!r} has not been run yet (storage: "
-                              f"{spec.storage or paths.journal_path()})")
+                              f"{redact(spec.storage or str(paths.journal_path()))})")
     if not spec.storage and not paths.journal_path().exists():
         raise not_found  # and create nothing
     storage = open_storage(spec)
@@ -289,9 +303,12 @@ class _Objective:
             data = load_search_data(spec.data, hp.context_length)
             result = train(hp, data, steps=spec.budget.steps, eval_every=spec.budget.eval_every,
                            on_eval=on_eval, device=self.device)
-        except BaseException as exc:  # diverged, a bug, Ctrl-C: the run must not stay open
+        except BaseException as exc:  # diverged, out of memory, a bug, Ctrl-C: close the run
             reason = str(exc) if isinstance(exc, TrainingDiverged) else (
                 f"{type(exc).__name__}: {exc}".rstrip(": "))
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                reason = f"out of GPU memory: {str(exc).splitlines()[0]}"
+                torch.cuda.empty_cache()  # the next trial on this worker starts clean
             trial.set_user_attr("fail_reason", reason)
             run.finish(FAILED, tags={"harness.fail_reason": reason})
             raise
@@ -312,15 +329,39 @@ class _Objective:
 # Creating the study, and one worker's trial loop
 
 
+def check_inputs(spec: StudySpec) -> None:
+    """Everything that can be checked before anything is created: the data file, the split,
+    the batch sizes against the training examples, a tracking server's reachability."""
+    summary = summarize(spec.data)
+    batch = _largest(spec, "batch_size")
+    if batch > summary.train_examples:
+        raise DataError(f"batch_size {batch} is larger than the {summary.train_examples} "
+                        f"training examples of {spec.data.path or 'the bundled names'}")
+    check_reachable(spec.tracking.uri)
+
+
+def _largest(spec: StudySpec, name: str) -> Any:
+    """The largest value hyperparameter `name` can take in the study."""
+    values = [spec.fixed.get(name, hparams.DEFAULTS[name])]
+    for p in iter_params(spec.search):
+        if p.name == name:
+            values += list(p.choices) if isinstance(p, CategoricalParam) else [p.high]
+    return max(values)
+
+
 def prepare_study(spec: StudySpec) -> optuna.Study:
     """Create the study (or open it) and its parent MLflow run; reap trials of dead workers.
 
-    Reads the data file first, so that a bad one fails before any storage is created.
+    Bad inputs fail first (check_inputs), before any storage or run is created.
     """
-    read_words(spec.data.path)
-    study = optuna.create_study(storage=open_storage(spec), study_name=spec.name,
-                                direction="minimize", load_if_exists=True)
+    check_inputs(spec)
+    # A database named by the user is opened first and the embedded journal last, so that a
+    # bad URL of either kind fails before the other store is created.
+    storage = open_storage(spec) if spec.storage else None
     tracker = Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name)
+    study = optuna.create_study(storage=storage or open_storage(spec), study_name=spec.name,
+                                direction="minimize",
+                                load_if_exists=True)
     parent = tracker.study_run(spec.name, _spec_yaml(spec))
     study.set_user_attr("mlflow_parent_run_id", parent)
     reap_dead_trials(spec, study)
@@ -360,8 +401,7 @@ def work(spec: StudySpec, *, rank: int = 0, observer: SearchObserver | None = No
                 log.info("budget.timeout reached; no new trials")
                 break
             try:
-                study.optimize(objective, n_trials=1, catch=(TrainingDiverged,),
-                               callbacks=[after_trial])
+                study.optimize(objective, n_trials=1, catch=TRIAL_FAULTS, callbacks=[after_trial])
             except KeyboardInterrupt:
                 _requeue_interrupted(spec, study, device)
                 raise
@@ -385,6 +425,7 @@ def best_value(study: optuna.Study) -> float | None:
 
 
 def _spec_yaml(spec: StudySpec) -> str:
+    """The study file as run (overrides applied), credentials masked."""
     import yaml
 
-    return yaml.safe_dump(dict(spec.raw), sort_keys=False)
+    return redact(yaml.safe_dump(dict(spec.raw), sort_keys=False))

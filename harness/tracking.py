@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import paths
+from harness.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,37 @@ FLUSH_EVERY_S = 5.0  # metrics are buffered and sent at most this often (and at 
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be reached or used."""
+
+
+def check_reachable(uri: str | None, timeout_s: float = 5.0) -> None:
+    """Fail fast, with one clear line, when a tracking server or database does not answer.
+
+    (MLflow itself retries an unreachable database for minutes before it gives up.)
+    """
+    if not uri:
+        return
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+                return
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = str(getattr(exc, "reason", exc))
+            raise TrackingError(f"cannot reach the MLflow tracking server at {redact(uri)}: "
+                                f"{redact(reason)}") from None
+    if "://" in uri and not uri.startswith(("file:", "databricks")):
+        import sqlalchemy
+
+        try:
+            engine = sqlalchemy.create_engine(uri)
+            engine.connect().close()
+            engine.dispose()
+        except Exception as exc:  # a bad scheme, a dead server, a missing folder
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise TrackingError(f"cannot use the MLflow tracking store {redact(uri)}: "
+                                f"{redact(reason)}") from None
 
 
 def _now_ms() -> int:
@@ -55,7 +87,9 @@ class Tracker:
             else:
                 self.experiment_id = exp.experiment_id
         except Exception as exc:  # mlflow raises many types for an unreachable store
-            raise TrackingError(f"cannot use the MLflow tracking store: {exc}") from exc
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrackingError(f"cannot use the MLflow tracking store {redact(self.uri)}: "
+                                f"{redact(reason)}") from None
 
     def study_run(self, study_name: str, spec_yaml: str) -> str:
         """The study's parent run: the existing one when resuming, else a new one."""
@@ -108,7 +142,8 @@ class Tracker:
 
 
 class ChildRun:
-    """A trial's (or the final model's) run. Metrics are buffered and flushed every few seconds and at the end."""
+    """A trial's (or the final model's) run. Metrics are buffered and flushed every few
+    seconds and at the end."""
 
     def __init__(self, client: Any, run_id: str) -> None:
         self.client = client

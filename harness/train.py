@@ -25,7 +25,8 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN, infinite, or far worse than guessing; training cannot recover."""
 
     def __init__(self, step: int, what: str, value: float, limit: float) -> None:
-        why = "not finite" if not math.isfinite(value) else f"above the divergence limit {limit:.2f}"
+        finite = math.isfinite(value)
+        why = f"above the divergence limit {limit:.2f}" if finite else "not finite"
         super().__init__(f"training diverged: {what} {value:.4g} at step {step} is {why}")
         self.step = step
         self.what = what

@@ -11,11 +11,11 @@ from mlflow import MlflowClient
 
 import harness.data
 from harness import paths
+from harness.coordinator import run_search
 from harness.data import SealedSplitError, load_test_examples
 from harness.final import AlreadyFinalized, final_model, finalize
 from harness.model import sample_words
 from harness.spec import load_spec
-from harness.coordinator import run_search
 from harness.study import load_study
 
 from .conftest import REPO, tiny_study
@@ -72,7 +72,8 @@ def test_the_test_split_is_sealed_while_a_search_runs(write_study):
 
 def test_only_finalize_reaches_the_test_split():
     # The search modules never import the final step, and only final.py names the test split.
-    code = "import harness.study, harness.coordinator, harness.cli, sys; print('harness.final' in sys.modules)"
+    code = ("import harness.study, harness.coordinator, harness.cli, sys; "
+            "print('harness.final' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     users = [p.name for p in (REPO / "harness").glob("*.py")

@@ -8,9 +8,9 @@ import pytest
 from mlflow import MlflowClient
 
 from harness import paths
+from harness.coordinator import run_search
 from harness.leaderboard import build
 from harness.spec import load_spec
-from harness.coordinator import run_search
 from harness.study import counted_trials, load_study, open_storage
 
 from .conftest import tiny_study
