@@ -24,6 +24,8 @@ examples:
   harness finalize studies/quick.yaml                choose on dev, then test once
   harness sample studies/quick.yaml -n 20 --seed 0   names from the final model
   harness train studies/lecture.yaml --json          the lecture's config, no search
+  harness lr-find studies/lecture.yaml               a range for the lr of a search
+  harness baseline studies/quick.yaml                count-based n-grams: what to beat
   harness train studies/quick.yaml --param lr=0.05 --param hidden_width=128
   mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db   compare the trials
 
@@ -238,6 +240,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from harness import paths, plots
+    from harness.data import load_search_data
+    from harness.lr_find import lr_find
+    from harness.spec import SpecError, parse_assignments
+
+    spec = _load(args)
+    try:
+        hp = spec.base_hparams(**parse_assignments(args.param, "--param", spec.source))
+    except ValueError as exc:
+        raise SpecError(spec.source, [str(exc)]) from None
+    print(f"sweeping lr from {args.low:g} to {args.high:g} over {args.steps} steps "
+          f"({hp.optimizer}, batch {hp.batch_size})", file=sys.stderr)
+    result = lr_find(hp, load_search_data(spec.data, hp.context_length), steps=args.steps,
+                     low=args.low, high=args.high)
+    path = plots.lr_finder(result.exponents, result.losses, result.suggested,
+                           paths.study_dir(spec.name) / "plots" / "lr_find.png")
+    low, high = result.suggested
+    if result.diverged_at:
+        print(f"training diverged at lr {result.diverged_at:.3g}")
+    print(f"lowest loss at lr {high:.3g}; suggested search range: lr {low:.3g} .. {high:.3g}")
+    print(f"  search: {{lr: {{type: float, low: {low:.2e}, high: {high:.2e}, log: true}}}}")
+    print(f"plot: {path}")
+    return 0
+
+
 def cmd_baseline(args: argparse.Namespace) -> int:
     from harness.baseline import baselines
 
@@ -277,17 +305,32 @@ def _load_baselines(spec: Any) -> list[Any]:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from harness import leaderboard
+    from harness.spec import load_spec
     from harness.study import load_study
 
-    spec = _load(args)
-    study = load_study(spec)
-    df = leaderboard.build(study, _load_baselines(spec) if args.baselines else ())
+    boards, flags, searched = {}, {}, ["trial", "state", "model", "best_dev_loss", "best_step"]
+    for path in args.study:
+        spec = load_spec(path, args.set)
+        study = load_study(spec)
+        boards[spec.name] = leaderboard.build(study,
+                                              _load_baselines(spec) if args.baselines else ())
+        flags.update({f"{spec.name}: {k}": v
+                      for k, v in leaderboard.edge_flags(study, spec.search).items()})
+        searched += [n for n in spec.search_names() if n not in searched]
+    df = leaderboard.combine(boards) if len(boards) > 1 else next(iter(boards.values()))
+    if args.format == "md":
+        columns = ["rank", "study", *searched, "n_params", "duration_s"]
+        text = leaderboard.to_markdown(df, columns, args.top) + "\n"
+    else:
+        text = (df.head(args.top) if args.top else df).to_csv(index=False)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.out, index=False)
-        print(f"{len(df)} trials written to {args.out}", file=sys.stderr)
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"{len(df)} rows written to {args.out}", file=sys.stderr)
     else:
-        df.to_csv(sys.stdout, index=False)
+        sys.stdout.write(text)
+    for where, flag in flags.items():
+        print(f"note: {where}: {flag}", file=sys.stderr)
     return 0
 
 
@@ -316,9 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, func: Any, help_text: str, many: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("study", metavar="STUDY.yaml", help="the study file")
+        p.add_argument("study", metavar="STUDY.yaml", nargs="+" if many else None,
+                       help="the study file" + ("(s)" if many else ""))
         p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override a key of the study file, e.g. --set budget.n_trials=4 "
                             "(repeatable)")
@@ -369,10 +413,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=32,
                    help="longest name, in characters (default: 32)")
 
-    p = add("leaderboard", cmd_leaderboard, "Write the study's trials as a ranked CSV.")
-    p.add_argument("--out", metavar="FILE", help="write the CSV here (default: standard output)")
+    p = add("leaderboard", cmd_leaderboard,
+            "The studies' trials ranked by best dev loss, as CSV or Markdown (several study "
+            "files make one table with a study column).", many=True)
+    p.add_argument("--out", metavar="FILE", help="write the table here (default: standard output)")
+    p.add_argument("--format", choices=("csv", "md"), default="csv",
+                   help="csv: every column; md: the searched parameters, for a terminal or a "
+                        "report (default: csv)")
+    p.add_argument("--top", type=int, metavar="N", help="only the first N rows")
     p.add_argument("--baselines", action="store_true",
                    help="add the count-based reference models (harness baseline) as rows")
+
+    p = add("lr-find", cmd_lr_find,
+            "The learning-rate finder: lr grows exponentially over a short run; plots the loss "
+            "against log10(lr) and suggests a range for the search.")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a hyperparameter value for the sweep (the study's fixed values and the "
+                        "defaults otherwise)")
+    p.add_argument("--steps", type=int, default=1000, help="steps of the sweep (default: 1000)")
+    p.add_argument("--low", type=float, default=1e-3, help="first lr (default: 1e-3)")
+    p.add_argument("--high", type=float, default=1.0, help="last lr (default: 1)")
 
     add("baseline", cmd_baseline,
         "Dev losses of count-based models on the study's split: the lecture's bigram and "

@@ -54,6 +54,8 @@ def run_search(spec: StudySpec, *, workers: int | None = None,
     """
     n = workers or spec.workers.count
     study = prepare_study(spec)
+    finished_before = {t.number for t in study.get_trials(deepcopy=False)
+                       if t.state.is_finished()}
     tracker = Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name)
     parent = study.user_attrs["mlflow_parent_run_id"]
     remaining = spec.budget.n_trials - counted_trials(study)
@@ -75,8 +77,31 @@ def run_search(spec: StudySpec, *, workers: int | None = None,
         out.parent.mkdir(parents=True, exist_ok=True)
         leaderboard.build(study).to_csv(out, index=False)
         tracker.log_artifact(parent, out)
+        _plot(spec, study, tracker, parent, finished_before)
         tracker.end_run(parent, status)
     return study
+
+
+def _plot(spec: StudySpec, study: optuna.Study, tracker: Tracker, parent: str,
+          finished_before: set[int]) -> None:
+    """The study's figures on its parent run; loss curves on each trial run finished now."""
+    try:
+        from harness import plots
+
+        out = paths.study_dir(spec.name) / "plots"
+        for path in plots.study_figures(study, out):
+            tracker.log_artifact(parent, path, "plots")
+        for t in study.get_trials(deepcopy=False):
+            run_id = t.user_attrs.get("mlflow_run_id")
+            if not t.state.is_finished() or t.number in finished_before or not run_id:
+                continue
+            path = plots.loss_curves(tracker.metric_history(run_id, "dev_loss"),
+                                     tracker.metric_history(run_id, "train_loss"),
+                                     f"{spec.name}, trial {t.number} ({t.state.name.lower()})",
+                                     out / "trials" / f"trial-{t.number:04d}.png")
+            tracker.log_artifact(run_id, path)
+    except Exception:  # a figure that cannot be drawn must not cost the study
+        log.exception("drawing the study's figures failed")
 
 
 def _gpu_for(rank: int, per_gpu: int, device: str) -> int | None:

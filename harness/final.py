@@ -235,6 +235,11 @@ def _track(spec: StudySpec, study: optuna.Study, record: dict[str, Any], model_p
     """The final MLflow run, nested under the study's parent run."""
     tracker = Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name)
     parent = study.user_attrs.get("mlflow_parent_run_id") or tracker.study_run(spec.name, "")
+    from harness import plots
+
+    model, _hp, itos = load_model(model_path)
+    figure = plots.embeddings(model.embedding.weight, itos,
+                              model_path.parent / "plots" / "embeddings.png")
     run = tracker.start_run(parent, spec.name, "final", "final model",
                             {"chosen_trial": record["chosen_trial"], **record["config"]},
                             {"harness.stage": "final",
@@ -246,6 +251,7 @@ def _track(spec: StudySpec, study: optuna.Study, record: dict[str, Any], model_p
         run.log_text(json.dumps(record, indent=2), "final.json")
         run.log_text("\n".join(record["samples"]) + "\n", "samples.txt")
         run.log_artifact(model_path)
+        run.log_artifact(figure)
         figures = {k: record[k] for k in ("dev_mean", "dev_std", "test_mean", "test_std",
                                           "n_params", "test_evaluations")}
         if record["novel_share"] is not None:

@@ -82,3 +82,66 @@ def build(study: optuna.Study, references: Sequence[Any] = ()) -> pd.DataFrame:
     df.insert(0, "rank", complete.cumsum().where(complete).astype("Int64"))
     df["trial"] = df["trial"].astype("Int64")
     return df
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading it: edges of the space, several studies, Markdown
+
+
+def edge_flags(study: optuna.Study, space: Sequence[Any], top: int = 5,
+               margin: float = 0.05) -> dict[str, str]:
+    """Searched ranges whose best complete trials crowd one end: probably widen them there.
+
+    For each int/float parameter: if most of the `top` best complete trials that sampled it lie
+    within `margin` of the range's width (log scale for log ranges) of one bound, say which.
+    """
+    from harness.spec import CategoricalParam, iter_params
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    flags: dict[str, str] = {}
+    for p in iter_params(space):
+        if isinstance(p, CategoricalParam) or p.low == p.high or p.name in flags:
+            continue
+        sampled = sorted((t for t in complete if p.name in t.params), key=lambda t: t.value)
+        values = [float(t.params[p.name]) for t in sampled[:top]]
+        if len(values) < 2:
+            continue
+        scale = math.log if p.log else float
+        lo, hi = scale(p.low), scale(p.high)
+        pos = [(scale(v) - lo) / (hi - lo) for v in values]
+        for side, bound, near in (("low", p.low, sum(x <= margin for x in pos)),
+                                  ("high", p.high, sum(x >= 1 - margin for x in pos))):
+            if near > len(pos) / 2:
+                flags[p.name] = (f"{near} of the {len(pos)} best trials sit at the {side} edge "
+                                 f"({bound}) of {p.name}: consider widening the range")
+    return flags
+
+
+def combine(boards: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Several studies' leaderboards as one table, with a study column, ranked together."""
+    df = pd.concat([b.assign(study=name) for name, b in boards.items()], ignore_index=True)
+    df = df.drop(columns=["rank"])
+    order = df["state"].map(_STATE_ORDER).fillna(len(_STATE_ORDER))
+    loss = df["best_dev_loss"].astype(float).fillna(math.inf)
+    df = (df.assign(_order=order, _loss=loss).sort_values(["_order", "_loss"], kind="stable")
+            .drop(columns=["_order", "_loss"]).reset_index(drop=True))
+    complete = df["state"] == TrialState.COMPLETE.name
+    df.insert(0, "rank", complete.cumsum().where(complete).astype("Int64"))
+    return df[["rank", "study", *[c for c in df.columns if c not in ("rank", "study")]]]
+
+
+def to_markdown(df: pd.DataFrame, columns: Sequence[str], top: int | None = None) -> str:
+    """A Markdown table of `columns` (the first `top` rows), numbers to 4 significant digits."""
+    rows = df.head(top) if top else df
+    cols = [c for c in columns if c in rows.columns]
+
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for _, r in rows.iterrows()]
+    return "\n".join(lines)

@@ -132,6 +132,10 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """A run's metric as (step, value) pairs, by step."""
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+
     def runs(self, study_name: str, role: str) -> list[Any]:
         """The study's runs of one role ("study", "trial" or "final")."""
         return list(self.client.search_runs(

@@ -129,13 +129,15 @@ def train(
     on_eval: OnEval | None = None,
     device: str = "cpu",
     step_kind: str = "manual",
+    lr_fn: Callable[[int], float] | None = None,
 ) -> TrainResult:
     """Train the MLP of `hp` on `data.train` for `steps` steps, evaluating on `data.dev`.
 
     Evaluates every `eval_every` steps and after the last step. `step_kind` picks the step
     implementation (harness.steps): "manual" (fast) or "autograd" (the reference); both compute
-    the same function. Raises TrainingDiverged on a diverging loss and ValueError on a config
-    the data cannot serve.
+    the same function. `lr_fn(step)` replaces hp's schedule (the learning-rate finder's
+    sweep). Raises TrainingDiverged on a diverging loss and ValueError on a config the data
+    cannot serve.
     """
     if steps < 1 or eval_every < 1:
         raise ValueError(f"steps and eval_every must be >= 1, got {steps} and {eval_every}")
@@ -173,7 +175,7 @@ def train(
             ix = torch.randint(0, len(Ytr), (n, hp.batch_size), device=dev, generator=batch_gen)
             Xb, Yb = Xtr[ix], Ytr[ix]  # (n, B, T), (n, B)
         # Forward, backward, update at this step's learning rate.
-        lr = lr_at(hp, step, steps)
+        lr = lr_fn(step) if lr_fn else lr_at(hp, step, steps)
         loss = update(Xb[k], Yb[k], lr)  # (B, T), (B,) -> mean minibatch loss (0-dim)
         loss_sum += loss  # no host sync per step: the loss is read only at evaluations
         step += 1
