@@ -27,7 +27,7 @@ examples:
   harness lr-find studies/lecture.yaml               a range for the lr of a search
   harness baseline studies/quick.yaml                count-based n-grams: what to beat
   harness train studies/quick.yaml --param lr=0.05 --param hidden_width=128
-  mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db   compare the trials
+  harness ui studies/quick.yaml                      the MLflow UI on 127.0.0.1:5000
 
 Results go under ./mlruns (set HARNESS_ROOT to move them): MLflow's store (mlflow.db,
 artifacts/), the embedded Optuna storage (optuna.journal) and per-study outputs (studies/NAME/).
@@ -266,6 +266,34 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from harness import paths
+    from harness.tracking import Tracker, ui_command
+
+    spec = _load(args)
+    uri = spec.tracking.uri or paths.tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        print(f"the study is tracked on an MLflow server: open {redact(uri)}")
+        return 0
+    if spec.tracking.uri is None and not (paths.root() / "mlflow.db").exists():
+        from harness.study import StudyNotFound
+
+        raise StudyNotFound(f"no MLflow store yet at {paths.root() / 'mlflow.db'}: run the "
+                            f"study first (harness run-study {spec.source})")
+    tracker = Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name)
+    # The runs with their metric charts (MLflow 3 otherwise opens its GenAI overview).
+    address = (f"http://{args.host}:{args.port}/#/experiments/{tracker.experiment_id}/runs"
+               "?compareRunsMode=CHART")
+    print(f"MLflow UI for study {spec.name}: {address}  (expand the study's run to list its "
+          "trials; Ctrl-C stops the UI)", flush=True)
+    try:
+        return subprocess.call(ui_command(uri, args.host, args.port))
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_baseline(args: argparse.Namespace) -> int:
     from harness.baseline import baselines
 
@@ -423,6 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, metavar="N", help="only the first N rows")
     p.add_argument("--baselines", action="store_true",
                    help="add the count-based reference models (harness baseline) as rows")
+
+    p = add("ui", cmd_ui, "Serve the MLflow UI for the study's tracking store and print the "
+                          "address of its experiment.")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
 
     p = add("lr-find", cmd_lr_find,
             "The learning-rate finder: lr grows exponentially over a short run; plots the loss "

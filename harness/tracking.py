@@ -145,6 +145,14 @@ class Tracker:
         ))
 
 
+def ui_command(uri: str, host: str, port: int) -> list[str]:
+    """The command that serves the MLflow UI for a tracking store (a database or sqlite file)."""
+    import sys
+
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+            "--host", host, "--port", str(port)]
+
+
 class ChildRun:
     """A trial's (or the final model's) run. Metrics are buffered and flushed every few
     seconds and at the end."""
