@@ -287,18 +287,33 @@ TOP_LEVEL = ("name", "data", "budget", "sampler", "pruner", "fixed", "search", "
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+_FIELD_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _parse_section(raw: Any, section: str, cls: type, errors: list[str]) -> Any:
+    """A mapping section read into dataclass `cls`: each field checked against its annotated
+    type (`X | None` may be null), missing ones at their defaults, unknown keys rejected."""
+    d = _mapping(raw, section, errors)
+    _reject_unknown(d, _dataclass_keys(cls), section, errors)
+    default = cls()
+    values = {}
+    for f in dataclasses.fields(cls):
+        kind, _, rest = f.type.partition(" | ")
+        values[f.name] = _get(d, f.name, _FIELD_TYPES[kind], getattr(default, f.name), section,
+                              errors, optional=rest == "None")
+    return cls(**values)
+
+
+def _at_least(obj: Any, section: str, minimum: int, keys: Sequence[str],
+              errors: list[str]) -> None:
+    for key in keys:
+        value = getattr(obj, key)
+        if value is not None and value < minimum:
+            errors.append(f"{section}.{key}: must be >= {minimum}, got {value}")
+
+
 def _parse_data(raw: Any, errors: list[str]) -> DataConfig:
-    d = _mapping(raw, "data", errors)
-    keys = _dataclass_keys(DataConfig)
-    _reject_unknown(d, keys, "data", errors)
-    default = DataConfig()
-    cfg = DataConfig(
-        path=_get(d, "path", str, default.path, "data", errors, optional=True),
-        train=_get(d, "train", float, default.train, "data", errors),
-        dev=_get(d, "dev", float, default.dev, "data", errors),
-        test=_get(d, "test", float, default.test, "data", errors),
-        seed=_get(d, "seed", int, default.seed, "data", errors),
-    )
+    cfg: DataConfig = _parse_section(raw, "data", DataConfig, errors)
     fractions = {"train": cfg.train, "dev": cfg.dev, "test": cfg.test}
     for k, v in fractions.items():
         if not 0 < v < 1:
@@ -310,18 +325,8 @@ def _parse_data(raw: Any, errors: list[str]) -> DataConfig:
 
 
 def _parse_budget(raw: Any, errors: list[str]) -> Budget:
-    d = _mapping(raw, "budget", errors)
-    _reject_unknown(d, _dataclass_keys(Budget), "budget", errors)
-    default = Budget()
-    b = Budget(
-        n_trials=_get(d, "n_trials", int, default.n_trials, "budget", errors),
-        steps=_get(d, "steps", int, default.steps, "budget", errors),
-        eval_every=_get(d, "eval_every", int, default.eval_every, "budget", errors),
-        timeout=_get(d, "timeout", float, default.timeout, "budget", errors, optional=True),
-    )
-    for key in ("n_trials", "steps", "eval_every"):
-        if getattr(b, key) < 1:
-            errors.append(f"budget.{key}: must be >= 1, got {getattr(b, key)}")
+    b: Budget = _parse_section(raw, "budget", Budget, errors)
+    _at_least(b, "budget", 1, ("n_trials", "steps", "eval_every"), errors)
     if b.eval_every > b.steps >= 1:
         errors.append(f"budget.eval_every: {b.eval_every} is larger than budget.steps {b.steps}; "
                       "no evaluation would happen before the end")
@@ -496,52 +501,17 @@ def _duplicates(params: Sequence[Param], path: str) -> list[str]:
     return errors
 
 
-def _parse_tracking(raw: Any, errors: list[str]) -> TrackingSpec:
-    d = _mapping(raw, "tracking", errors)
-    _reject_unknown(d, _dataclass_keys(TrackingSpec), "tracking", errors)
-    return TrackingSpec(
-        uri=_get(d, "uri", str, None, "tracking", errors, optional=True),
-        experiment=_get(d, "experiment", str, None, "tracking", errors, optional=True),
-    )
-
-
 def _parse_finalize(raw: Any, errors: list[str]) -> FinalizeSpec:
-    d = _mapping(raw, "finalize", errors)
-    _reject_unknown(d, _dataclass_keys(FinalizeSpec), "finalize", errors)
-    default = FinalizeSpec()
-    f = FinalizeSpec(
-        enabled=_get(d, "enabled", bool, default.enabled, "finalize", errors),
-        top_k=_get(d, "top_k", int, default.top_k, "finalize", errors),
-        seeds=_get(d, "seeds", int, default.seeds, "finalize", errors),
-        steps=_get(d, "steps", int, default.steps, "finalize", errors, optional=True),
-        samples=_get(d, "samples", int, default.samples, "finalize", errors),
-    )
-    for key in ("top_k", "seeds", "steps"):
-        value = getattr(f, key)
-        if value is not None and value < 1:
-            errors.append(f"finalize.{key}: must be >= 1, got {value}")
-    if f.samples < 0:
-        errors.append(f"finalize.samples: must be >= 0, got {f.samples}")
+    f: FinalizeSpec = _parse_section(raw, "finalize", FinalizeSpec, errors)
+    _at_least(f, "finalize", 1, ("top_k", "seeds", "steps"), errors)
+    _at_least(f, "finalize", 0, ("samples",), errors)
     return f
 
 
 def _parse_workers(raw: Any, errors: list[str]) -> WorkersSpec:
-    d = _mapping(raw, "workers", errors)
-    _reject_unknown(d, _dataclass_keys(WorkersSpec), "workers", errors)
-    default = WorkersSpec()
-    w = WorkersSpec(
-        count=_get(d, "count", int, default.count, "workers", errors),
-        per_gpu=_get(d, "per_gpu", int, default.per_gpu, "workers", errors),
-        threads=_get(d, "threads", int, default.threads, "workers", errors, optional=True),
-        max_retry=_get(d, "max_retry", int, default.max_retry, "workers", errors),
-        heartbeat_s=_get(d, "heartbeat_s", int, default.heartbeat_s, "workers", errors),
-    )
-    for key in ("count", "per_gpu", "threads", "heartbeat_s"):
-        value = getattr(w, key)
-        if value is not None and value < 1:
-            errors.append(f"workers.{key}: must be >= 1, got {value}")
-    if w.max_retry < 0:
-        errors.append(f"workers.max_retry: must be >= 0, got {w.max_retry}")
+    w: WorkersSpec = _parse_section(raw, "workers", WorkersSpec, errors)
+    _at_least(w, "workers", 1, ("count", "per_gpu", "threads", "heartbeat_s"), errors)
+    _at_least(w, "workers", 0, ("max_retry",), errors)
     return w
 
 
@@ -566,7 +536,7 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
     fixed = _parse_fixed(top.get("fixed"), errors)
     search = _parse_space(top.get("search"), "search", errors)
     storage = _get(top, "storage", str, None, "", errors, optional=True)
-    tracking = _parse_tracking(top.get("tracking"), errors)
+    tracking = _parse_section(top.get("tracking"), "tracking", TrackingSpec, errors)
     finalize = _parse_finalize(top.get("finalize"), errors)
     workers = _parse_workers(top.get("workers"), errors)
 
