@@ -336,29 +336,33 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from harness.spec import load_spec
     from harness.study import load_study
 
-    boards, flags, searched = {}, {}, ["trial", "state", "model", "best_dev_loss", "best_step"]
+    boards: dict[str, Any] = {}
+    notes: list[str] = []
+    searched = ["trial", "state", "model", "best_dev_loss", "best_step"]
     for path in args.study:
         spec = load_spec(path, args.set)
         study = load_study(spec)
         boards[spec.name] = leaderboard.build(study,
                                               _load_baselines(spec) if args.baselines else ())
-        flags.update({f"{spec.name}: {k}": v
-                      for k, v in leaderboard.edge_flags(study, spec.search).items()})
+        notes += [f"{spec.name}: {v}" for v in leaderboard.edge_flags(study).values()]
         searched += [n for n in spec.search_names() if n not in searched]
     df = leaderboard.combine(boards) if len(boards) > 1 else next(iter(boards.values()))
+    if args.top:  # the first N ranked trials, with the reference rows among them
+        ranked = df.index[df["rank"].notna()][: args.top]
+        df = df.loc[: ranked[-1]] if len(ranked) else df.head(0)
     if args.format == "md":
         columns = ["rank", "study", *searched, "n_params", "duration_s"]
-        text = leaderboard.to_markdown(df, columns, args.top) + "\n"
+        text = leaderboard.to_markdown(df, columns) + "\n"
     else:
-        text = (df.head(args.top) if args.top else df).to_csv(index=False)
+        text = df.to_csv(index=False)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text, encoding="utf-8")
         print(f"{len(df)} rows written to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
-    for where, flag in flags.items():
-        print(f"note: {where}: {flag}", file=sys.stderr)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

@@ -88,32 +88,43 @@ def build(study: optuna.Study, references: Sequence[Any] = ()) -> pd.DataFrame:
 # Reading it: edges of the space, several studies, Markdown
 
 
-def edge_flags(study: optuna.Study, space: Sequence[Any], top: int = 5,
-               margin: float = 0.05) -> dict[str, str]:
+def edge_flags(study: optuna.Study, top: int = 5, margin: float = 0.05) -> dict[str, str]:
     """Searched ranges whose best complete trials crowd one end: probably widen them there.
 
-    For each int/float parameter: if most of the `top` best complete trials that sampled it lie
-    within `margin` of the range's width (log scale for log ranges) of one bound, say which.
+    For each numeric parameter and each range it was sampled from (a parameter under two
+    branches of a choice can have two): if most of the `top` best complete trials that sampled
+    from that range lie within `margin` of its width (log scale for log ranges) of one bound,
+    or chose the smallest or largest of numeric choices, say which.
     """
-    from harness.spec import CategoricalParam, iter_params
+    from optuna.distributions import CategoricalDistribution
 
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                      key=lambda t: t.value)
+    groups: dict[tuple, list[float]] = {}
+    for t in complete:
+        for name, dist in t.distributions.items():
+            if isinstance(dist, CategoricalDistribution):
+                choices = dist.choices
+                if len(choices) < 2 or not all(isinstance(c, int | float) for c in choices):
+                    continue
+                lo, hi, log = min(choices), max(choices), False
+            else:
+                lo, hi, log = dist.low, dist.high, dist.log
+            values = groups.setdefault((name, lo, hi, log), [])
+            if len(values) < top and lo < hi:
+                values.append(float(t.params[name]))
     flags: dict[str, str] = {}
-    for p in iter_params(space):
-        if isinstance(p, CategoricalParam) or p.low == p.high or p.name in flags:
-            continue
-        sampled = sorted((t for t in complete if p.name in t.params), key=lambda t: t.value)
-        values = [float(t.params[p.name]) for t in sampled[:top]]
+    for (name, lo, hi, log), values in groups.items():
         if len(values) < 2:
             continue
-        scale = math.log if p.log else float
-        lo, hi = scale(p.low), scale(p.high)
-        pos = [(scale(v) - lo) / (hi - lo) for v in values]
-        for side, bound, near in (("low", p.low, sum(x <= margin for x in pos)),
-                                  ("high", p.high, sum(x >= 1 - margin for x in pos))):
+        scale = math.log if log else float
+        pos = [(scale(v) - scale(lo)) / (scale(hi) - scale(lo)) for v in values]
+        for side, bound, near in (("low", lo, sum(x <= margin for x in pos)),
+                                  ("high", hi, sum(x >= 1 - margin for x in pos))):
             if near > len(pos) / 2:
-                flags[p.name] = (f"{near} of the {len(pos)} best trials sit at the {side} edge "
-                                 f"({bound}) of {p.name}: consider widening the range")
+                flags[f"{name} in {lo:g}..{hi:g}"] = (
+                    f"{near} of the {len(pos)} best trials sit at the {side} edge ({bound:g}) "
+                    f"of {name}'s range {lo:g}..{hi:g}: consider widening it")
     return flags
 
 

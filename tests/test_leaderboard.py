@@ -5,13 +5,12 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 import pytest
-from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from harness import leaderboard
 from harness.baseline import BaselineResult
 from harness.cli import main
-from harness.spec import FloatParam, IntParam
 
 
 def fake_study(rows: list[tuple[str, float | None, dict]]) -> optuna.Study:
@@ -43,10 +42,25 @@ def test_edge_flags_only_where_the_best_trials_crowd_a_bound():
     study = fake_study([("COMPLETE", 2.0 + i / 100, {"context_length": c, "lr": lr})
                         for i, (c, lr) in enumerate([(16, 0.01), (16, 0.003), (16, 0.02),
                                                      (8, 0.005), (3, 0.01)])])
-    space = (IntParam("context_length", 1, 16), FloatParam("lr", 1e-4, 1.0, log=True))
-    flags = leaderboard.edge_flags(study, space)
-    assert set(flags) == {"context_length"}
-    assert "high edge (16)" in flags["context_length"]
+    flags = list(leaderboard.edge_flags(study).values())
+    assert len(flags) == 1
+    assert "high edge (16) of context_length's range 1..16" in flags[0]
+
+
+def test_edge_flags_use_each_trials_own_range():
+    # lr under two branches with different ranges: each trial is placed in its own range.
+    study = optuna.create_study()
+    for i, lr in enumerate([1e-3, 1.05e-3, 1.1e-3]):  # the low end of 1e-3..1e-2, mid 1e-4..1
+        study.add_trial(create_trial(
+            value=2.0 + i / 100, params={"lr": lr, "batch_size": 256},
+            distributions={"lr": FloatDistribution(1e-3, 1e-2, log=True),
+                           "batch_size": CategoricalDistribution([32, 64, 256])}))
+    study.add_trial(create_trial(value=2.5, params={"lr": 1e-2},
+                                 distributions={"lr": FloatDistribution(1e-4, 1.0, log=True)}))
+    flags = list(leaderboard.edge_flags(study).values())
+    assert len(flags) == 2
+    assert any("low edge (0.001) of lr's range 0.001..0.01" in f for f in flags)
+    assert any("high edge (256) of batch_size's range 32..256" in f for f in flags)
 
 
 def test_markdown_and_combined_tables():
