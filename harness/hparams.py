@@ -43,14 +43,6 @@ class HParams:
         return dataclasses.asdict(self)
 
 
-# Names of the parameters that only matter under one value of another (documentation and the
-# leaderboard use this; the study file states the conditions itself).
-SCHEDULE_PARAMS: Mapping[str, tuple[str, ...]] = {
-    "constant": (),
-    "step": ("lr_step_factor", "lr_step_at"),
-    "cosine": ("warmup_frac", "lr_min_frac"),
-}
-
 NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HParams))
 DEFAULTS: Mapping[str, Any] = {f.name: f.default for f in dataclasses.fields(HParams)}
 TYPES: Mapping[str, type] = {
