@@ -402,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("run-study", cmd_run_study,
-            "Run (or resume) the study's search until it has budget.n_trials trials.")
+            "Run (or resume) the study's search until it has budget.n_trials trials, then "
+            "finalize: retrain the best trials, choose on dev, evaluate the test split once.")
     p.add_argument("--device", default="cpu", help="torch device for training: cpu, cuda, auto "
                                                    "(default: cpu)")
     p.add_argument("--workers", type=int, metavar="N",
