@@ -157,10 +157,10 @@ def _run_processes(spec: StudySpec, study: optuna.Study, n: int, device: str,
 
 
 def _stop(procs: Any) -> None:
-    """Interrupt the workers (each records and re-queues its trial), then wait for them."""
+    """Stop the workers (each records and re-queues its trial), then wait for them."""
     for p in procs:
         if p.is_alive():
-            os.kill(p.pid, signal.SIGINT)
+            os.kill(p.pid, signal.SIGTERM)  # handled even where SIGINT is ignored
     deadline = time.monotonic() + STOP_GRACE_S
     for p in procs:
         p.join(max(0.0, deadline - time.monotonic()))
@@ -217,14 +217,20 @@ def worker_main(spec: StudySpec, rank: int, device: str, threads: int, gpu: int 
 
 
 def _interrupt_once() -> None:
-    """The first SIGINT or SIGTERM raises KeyboardInterrupt; later ones are ignored, so that
+    """The first SIGTERM, or SIGINT, raises KeyboardInterrupt; later ones are ignored, so that
     a worker can record its interrupted trial (a terminal's Ctrl-C reaches every process of the
-    group, and the coordinator forwards it too)."""
+    group). A SIGINT ignored by whoever started the harness (`nohup ... &`) stays ignored."""
+
+    fired = False
 
     def handler(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
+        # Stays installed, and does nothing after the first signal: swapping in SIG_IGN here
+        # would race with a second signal already on its way.
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, handler)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)

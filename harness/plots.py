@@ -14,6 +14,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -50,22 +51,29 @@ def loss_curves(dev: Sequence[tuple[int, float]], train: Sequence[tuple[int, flo
     ax.set_ylabel("loss (nats per character)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if dev or train:
+        ax.legend()
+    else:  # failed before its first evaluation
+        ax.text(0.5, 0.5, "no evaluation", transform=ax.transAxes, ha="center")
     return _save(fig, path)
 
 
-def study_figures(study: object, out_dir: Path) -> list[Path]:
+def study_figures(study: Any, out_dir: Path) -> list[Path]:
     """Optuna's optimization history, importances and parallel coordinates, as PNG files."""
     import optuna.visualization.matplotlib as ovm
     from optuna.exceptions import ExperimentalWarning
+    from optuna.trial import TrialState
 
-    made = []
+    made: list[Path] = []
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return made  # nothing to draw yet
     for name, draw in (("optimization_history", ovm.plot_optimization_history),
                        ("param_importances", ovm.plot_param_importances),
                        ("parallel_coordinate", ovm.plot_parallel_coordinate)):
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings():  # Optuna's "experimental" and layout warnings
                 warnings.simplefilter("ignore", ExperimentalWarning)
+                warnings.simplefilter("ignore", UserWarning)
                 ax = draw(study)
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.set_size_inches(9, 5)

@@ -89,10 +89,13 @@ def test_two_workers_on_postgres(write_study):
 
 def start_run_study(path: Path, cwd: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # As from a terminal: SIGINT at its default, even where this test runs as a background job
+    # of a non-interactive shell (which starts such jobs with SIGINT ignored).
     return subprocess.Popen([sys.executable, "-m", "harness.cli", "run-study", str(path),
                              "--no-finalize", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_running_trial(spec, proc, min_step: int = 1, timeout: float = 120):
