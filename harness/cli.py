@@ -180,10 +180,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from harness.study import work
 
     spec = _load(args)
-    if spec.workers.threads:
-        import torch
-
-        torch.set_num_threads(spec.workers.threads)
     print(f"worker joining study {spec.name} ({spec.budget.n_trials} trials in all)",
           file=sys.stderr)
     work(spec, rank=args.rank if args.rank is not None else os.getpid(), observer=Progress(),
@@ -208,17 +204,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hparams(spec: Any, params: Sequence[str]) -> Any:
+    """The study's fixed values plus `--param NAME=VALUE`s; a bad value is a SpecError."""
+    from harness.spec import SpecError, parse_assignments
+
+    try:
+        return spec.base_hparams(**parse_assignments(params, "--param", spec.source))
+    except ValueError as exc:
+        raise SpecError(spec.source, [str(exc)]) from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from harness.data import load_search_data
-    from harness.spec import SpecError, parse_assignments
     from harness.train import train
 
     spec = _load(args)
-    params = parse_assignments(args.param, "--param", spec.source)
-    try:
-        hp = spec.base_hparams(**params)
-    except ValueError as exc:
-        raise SpecError(spec.source, [str(exc)]) from None
+    hp = _hparams(spec, args.param)
     progress = Progress()
 
     def on_eval(ev: Any) -> None:
@@ -244,13 +245,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from harness import paths, plots
     from harness.data import load_search_data
     from harness.lr_find import lr_find
-    from harness.spec import SpecError, parse_assignments
 
     spec = _load(args)
-    try:
-        hp = spec.base_hparams(**parse_assignments(args.param, "--param", spec.source))
-    except ValueError as exc:
-        raise SpecError(spec.source, [str(exc)]) from None
+    hp = _hparams(spec, args.param)
     print(f"sweeping lr from {args.low:g} to {args.high:g} over {args.steps} steps "
           f"({hp.optimizer}, batch {hp.batch_size})", file=sys.stderr)
     result = lr_find(hp, load_search_data(spec.data, hp.context_length), steps=args.steps,
@@ -270,7 +267,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
     from harness import paths
-    from harness.tracking import Tracker, ui_command
+    from harness.study import StudyNotFound, open_tracker
+    from harness.tracking import ui_command
 
     spec = _load(args)
     uri = spec.tracking.uri or paths.tracking_uri()
@@ -278,11 +276,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"the study is tracked on an MLflow server: open {redact(uri)}")
         return 0
     if spec.tracking.uri is None and not (paths.root() / "mlflow.db").exists():
-        from harness.study import StudyNotFound
-
         raise StudyNotFound(f"no MLflow store yet at {paths.root() / 'mlflow.db'}: run the "
                             f"study first (harness run-study {spec.source})")
-    tracker = Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name)
+    tracker = open_tracker(spec)
     # The runs with their metric charts (MLflow 3 otherwise opens its GenAI overview).
     address = (f"http://{args.host}:{args.port}/#/experiments/{tracker.experiment_id}/runs"
                "?compareRunsMode=CHART")

@@ -23,7 +23,9 @@ from harness.spec import StudySpec
 from harness.study import (
     SearchObserver,
     best_value,
+    budget_taken,
     counted_trials,
+    open_tracker,
     prepare_study,
     reap_dead_trials,
     work,
@@ -56,7 +58,7 @@ def run_search(spec: StudySpec, *, workers: int | None = None,
     study = prepare_study(spec)
     finished_before = {t.number for t in study.get_trials(deepcopy=False)
                        if t.state.is_finished()}
-    tracker = Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name)
+    tracker = open_tracker(spec)
     parent = study.user_attrs["mlflow_parent_run_id"]
     remaining = spec.budget.n_trials - counted_trials(study)
     status = KILLED
@@ -64,10 +66,6 @@ def run_search(spec: StudySpec, *, workers: int | None = None,
         if remaining <= 0:
             log.info("study %s already has its %d trials", spec.name, spec.budget.n_trials)
         elif n == 1:
-            if spec.workers.threads:
-                import torch
-
-                torch.set_num_threads(spec.workers.threads)
             work(spec, rank=0, observer=observer, device=device)
         else:
             _run_processes(spec, study, min(n, remaining), device, observer)
@@ -138,8 +136,7 @@ def _run_processes(spec: StudySpec, study: optuna.Study, n: int, device: str,
             for rank, p in list(procs.items()):
                 if p.is_alive() or p.exitcode == 0:
                     continue
-                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-                if counted_trials(study) + running >= spec.budget.n_trials:
+                if budget_taken(study, spec.budget.n_trials):
                     continue
                 if restarts >= 3 * n:
                     raise WorkersFailed(f"worker processes died {restarts} times; see the log")

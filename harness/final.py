@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -28,13 +27,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from harness import paths
+from harness import paths, plots
+from harness.coordinator import threads_per_worker
 from harness.data import load_search_data, load_test_examples, training_words
 from harness.hparams import HParams
-from harness.model import MLP, load_model, mean_loss, sample_words, save_model
+from harness.model import MLP, load_model, mean_loss, n_params, sample_words, save_model
 from harness.spec import StudySpec
-from harness.study import load_study
-from harness.tracking import FAILED, FINISHED, Tracker
+from harness.study import load_study, open_tracker
+from harness.tracking import FAILED, FINISHED
 from harness.train import Evaluation, train
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", worke
                            eval_every=spec.budget.eval_every, on_eval=on_eval, device=device)
             done[i, seed] = result.best_dev_loss, result.model
     else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = threads_per_worker(spec, workers)
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as ex:
             futures = {ex.submit(_retrain, hp, spec.data, steps, spec.budget.eval_every, device,
@@ -201,7 +201,7 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", worke
         "test_std": test_std,
         "model_seed": seeds[best_seed],
         "model_test_loss": test_losses[best_seed],
-        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_params": n_params(model),
         "candidates": [{"trial": c.trial, "dev_losses": c.dev_losses, "dev_mean": c.dev_mean,
                         "dev_std": c.dev_std, "config": c.hparams.to_dict()} for c in pool],
         "samples": names,
@@ -213,7 +213,8 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", worke
         "started_at": _iso(started),
         "finished_at": _iso(time.time()),
     }
-    record["mlflow_run_id"] = _track(spec, study, record, model_path)
+    figure = plots.embeddings(model.embedding.weight, itos, out_dir / "plots" / "embeddings.png")
+    record["mlflow_run_id"] = _track(spec, study, record, [model_path, figure])
     study.set_user_attr(RECORD_ATTR, record)
     (out_dir / "final.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
@@ -231,15 +232,11 @@ def _strip_history(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "previous"}
 
 
-def _track(spec: StudySpec, study: optuna.Study, record: dict[str, Any], model_path: Path) -> str:
-    """The final MLflow run, nested under the study's parent run."""
-    tracker = Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name)
+def _track(spec: StudySpec, study: optuna.Study, record: dict[str, Any],
+           files: Sequence[Path]) -> str:
+    """The final MLflow run, nested under the study's parent run, with `files` as artifacts."""
+    tracker = open_tracker(spec)
     parent = study.user_attrs.get("mlflow_parent_run_id") or tracker.study_run(spec.name, "")
-    from harness import plots
-
-    model, _hp, itos = load_model(model_path)
-    figure = plots.embeddings(model.embedding.weight, itos,
-                              model_path.parent / "plots" / "embeddings.png")
     run = tracker.start_run(parent, spec.name, "final", "final model",
                             {"chosen_trial": record["chosen_trial"], **record["config"]},
                             {"harness.stage": "final",
@@ -250,8 +247,8 @@ def _track(spec: StudySpec, study: optuna.Study, record: dict[str, Any], model_p
             run.log_metrics({"seed_dev_loss": dev, "seed_test_loss": test}, step=j)
         run.log_text(json.dumps(record, indent=2), "final.json")
         run.log_text("\n".join(record["samples"]) + "\n", "samples.txt")
-        run.log_artifact(model_path)
-        run.log_artifact(figure)
+        for path in files:
+            run.log_artifact(path)
         figures = {k: record[k] for k in ("dev_mean", "dev_std", "test_mean", "test_std",
                                           "n_params", "test_evaluations")}
         if record["novel_share"] is not None:

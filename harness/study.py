@@ -96,6 +96,11 @@ def open_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
     return optuna.storages.JournalStorage(backend)
 
 
+def open_tracker(spec: StudySpec) -> Tracker:
+    """The study's MLflow experiment: `tracking.experiment`, else the study's name."""
+    return Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name)
+
+
 def build_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The spec's sampler, seeded with its base seed + `seed_offset`."""
     opts = dict(spec.sampler.options)
@@ -176,6 +181,12 @@ def counted_trials(study: optuna.Study) -> int:
     return sum(t.state in COUNTED_STATES and t.number not in retried for t in trials)
 
 
+def budget_taken(study: optuna.Study, n_trials: int) -> bool:
+    """Whether the finished and running trials already make up the study's n_trials."""
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return counted_trials(study) + running >= n_trials
+
+
 def worker_id(device: str) -> str:
     """host:pid:device, recorded on each trial."""
     return f"{socket.gethostname()}:{os.getpid()}:{device}"
@@ -186,8 +197,7 @@ def retry_trial(spec: StudySpec, study: optuna.Study, trial: FrozenTrial) -> Non
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
         try:
-            Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name).end_run(run_id,
-                                                                                      FAILED)
+            open_tracker(spec).end_run(run_id, FAILED)
         except Exception:  # the run may be gone; the trial must still be re-queued
             log.exception("could not close the MLflow run %s of trial %d", run_id, trial.number)
     with warnings.catch_warnings():
@@ -358,7 +368,7 @@ def prepare_study(spec: StudySpec) -> optuna.Study:
     # A database named by the user is opened first and the embedded journal last, so that a
     # bad URL of either kind fails before the other store is created.
     storage = open_storage(spec) if spec.storage else None
-    tracker = Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name)
+    tracker = open_tracker(spec)
     study = optuna.create_study(storage=storage or open_storage(spec), study_name=spec.name,
                                 direction="minimize",
                                 load_if_exists=True)
@@ -374,8 +384,11 @@ def work(spec: StudySpec, *, rank: int = 0, observer: SearchObserver | None = No
 
     This is one worker, local or on another machine. Its sampler is seeded with the base seed
     + 1000 * rank + the trials already in the study, so workers (and resumes) do not propose
-    the same first trials. Stops at budget.timeout seconds.
+    the same first trials. Stops at budget.timeout seconds. Uses `workers.threads` torch
+    threads when the study sets it.
     """
+    if spec.workers.threads:
+        torch.set_num_threads(spec.workers.threads)
     storage = open_storage(spec)
     study = optuna.load_study(study_name=spec.name, storage=storage, pruner=build_pruner(spec))
     study.sampler = build_sampler(spec, seed_offset=1000 * rank + len(study.trials))
@@ -383,7 +396,7 @@ def work(spec: StudySpec, *, rank: int = 0, observer: SearchObserver | None = No
     if parent is None:
         raise StudyNotFound(f"study {spec.name!r} was not prepared (no parent run); start it "
                             "with `harness run-study`")
-    tracker = Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name)
+    tracker = open_tracker(spec)
     objective = _Objective(spec, tracker, parent, observer, device)
     total = spec.budget.n_trials
 
@@ -394,8 +407,7 @@ def work(spec: StudySpec, *, rank: int = 0, observer: SearchObserver | None = No
     deadline = time.monotonic() + spec.budget.timeout if spec.budget.timeout else None
     with sealed_test_split():  # no trial can read the test split, even by mistake
         while True:
-            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-            if counted_trials(study) + running >= total:
+            if budget_taken(study, total):
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 log.info("budget.timeout reached; no new trials")
