@@ -1,8 +1,9 @@
 """The final model: chosen on dev among the best trials, then evaluated once on the test split.
 
 1. Candidates: the `finalize.top_k` best complete trials (by best dev loss), distinct configs.
-2. Each is retrained with the same `train` function on fresh seeds 1..`finalize.seeds`, for the
-   full step budget; the candidate with the lowest *mean* dev loss wins, so one lucky seed
+2. Each is retrained with the same `train` function on fresh seeds 1..`finalize.seeds`, for
+   `finalize.steps` (or as many steps as fit in `finalize.minutes` at the speed its trial
+   measured); the candidate with the lowest *mean* dev loss wins, so one lucky seed
    cannot.
 3. Only then is the test split read: the winner's models (one per seed) are evaluated on it.
 4. The result goes to the study's records (an Optuna study attribute), a final MLflow run under
@@ -65,6 +66,8 @@ class Candidate:
 
     trial: int
     hparams: HParams
+    steps_per_sec: float | None = None  # as its trial measured it
+    steps: int = 0  # steps per retraining, set by `plan_steps`
     dev_losses: list[float] = field(default_factory=list)
     models: list[MLP] = field(default_factory=list, repr=False)
 
@@ -93,10 +96,22 @@ def candidates(study: optuna.Study, top_k: int) -> list[Candidate]:
         key = tuple(sorted(config.items()))
         if key not in seen:
             seen.add(key)
-            out.append(Candidate(t.number, HParams(**config)))
+            out.append(Candidate(t.number, HParams(**config), t.user_attrs.get("steps_per_sec")))
         if len(out) == top_k:
             break
     return out
+
+
+def plan_steps(cand: Candidate, spec: StudySpec) -> int:
+    """Steps for each retraining of `cand`: `finalize.steps` (default budget.steps), or, with
+    `finalize.minutes`, as many as fit in that time at the trial's measured speed, in whole
+    evaluation intervals, capped by `finalize.steps` when it is given."""
+    f, every = spec.finalize, spec.budget.eval_every
+    if f.minutes is None or not cand.steps_per_sec:
+        return f.steps or spec.budget.steps
+    # 5% held back for the evaluations, which the trial's steps/s leaves out.
+    fit = int(f.minutes * 60 * cand.steps_per_sec * 0.95) // every * every
+    return max(every, min(fit, f.steps) if f.steps else fit)
 
 
 def _retrain(hp: HParams, data_cfg: Any, steps: int, eval_every: int, device: str,
@@ -126,7 +141,8 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", worke
     if not pool:
         raise NothingToFinalize(f"study {spec.name!r} has no complete trial to finalize")
     say = progress or (lambda message: log.info("%s", message))
-    steps = spec.finalize.steps or spec.budget.steps
+    for cand in pool:
+        cand.steps = plan_steps(cand, spec)
     seeds = list(range(1, spec.finalize.seeds + 1))
     started = time.time()
 
@@ -138,18 +154,21 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", worke
         for (i, seed), hp in jobs.items():
             def on_eval(ev: Evaluation, i: int = i, seed: int = seed) -> None:
                 say(f"candidate {i + 1}/{len(pool)} (trial {pool[i].trial}), seed {seed}: "
-                    f"step {ev.step}/{steps}, dev {ev.dev_loss:.4f}")
+                    f"step {ev.step}/{pool[i].steps}, dev {ev.dev_loss:.4f}")
 
-            result = train(hp, load_search_data(spec.data, hp.context_length), steps=steps,
+            result = train(hp, load_search_data(spec.data, hp.context_length),
+                           steps=pool[i].steps,
                            eval_every=spec.budget.eval_every, on_eval=on_eval, device=device)
             done[i, seed] = result.best_dev_loss, result.model
     else:
         threads = threads_per_worker(spec, workers)
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as ex:
-            futures = {ex.submit(_retrain, hp, spec.data, steps, spec.budget.eval_every, device,
-                                 threads): key for key, hp in jobs.items()}
-            say(f"{len(jobs)} retrainings on {min(workers, len(jobs))} processes")
+            futures = {ex.submit(_retrain, hp, spec.data, pool[key[0]].steps,
+                                 spec.budget.eval_every, device, threads): key
+                       for key, hp in jobs.items()}
+            say(f"{len(jobs)} retrainings on {min(workers, len(jobs))} processes, "
+                + ", ".join(f"trial {c.trial}: {c.steps} steps" for c in pool))
             for future in as_completed(futures):
                 (i, seed), (dev, state) = futures[future], future.result()
                 vocab = load_search_data(spec.data, jobs[i, seed].context_length).vocab
@@ -192,7 +211,7 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", worke
         "chosen_trial": chosen.trial,
         "config": model_hp.to_dict(),
         "seeds": seeds,
-        "steps": steps,
+        "steps": chosen.steps,
         "dev_losses": chosen.dev_losses,
         "dev_mean": chosen.dev_mean,
         "dev_std": chosen.dev_std,
@@ -202,8 +221,9 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", worke
         "model_seed": seeds[best_seed],
         "model_test_loss": test_losses[best_seed],
         "n_params": n_params(model),
-        "candidates": [{"trial": c.trial, "dev_losses": c.dev_losses, "dev_mean": c.dev_mean,
-                        "dev_std": c.dev_std, "config": c.hparams.to_dict()} for c in pool],
+        "candidates": [{"trial": c.trial, "steps": c.steps, "dev_losses": c.dev_losses,
+                        "dev_mean": c.dev_mean, "dev_std": c.dev_std,
+                        "config": c.hparams.to_dict()} for c in pool],
         "samples": names,
         "novel_share": novel,
         "model_path": str(model_path),

@@ -20,6 +20,31 @@ TANH_GAIN = 5 / 3
 OUTPUT_SCALE = 0.01
 
 
+def dropout_mask(h: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted-dropout mask for `h`: 0 with probability p, else 1 / (1 - p).
+
+    Drawn as uniform < 1 - p: on a CPU this is 2-3x faster than `bernoulli_` (which
+    F.dropout uses), and the training step draws masks on its hot path.
+    """
+    keep = 1.0 - p
+    return torch.rand_like(h).lt_(keep).div_(keep)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout with `dropout_mask`, so the module and the hand-written step
+    (harness.steps) draw the same masks from the same seed."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * dropout_mask(x, self.p) if self.training and self.p > 0 else x
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class MLP(nn.Module):
     """Embedding -> concatenated context -> `hidden_layers` x (linear, tanh, dropout) -> logits."""
 
@@ -41,7 +66,7 @@ class MLP(nn.Module):
         for _ in range(hidden_layers):
             layers += [nn.Linear(fan_in, hidden_width), nn.Tanh()]
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             fan_in = hidden_width
         self.hidden = nn.Sequential(*layers)
         self.output = nn.Linear(fan_in, vocab_size)

@@ -22,7 +22,7 @@ A study file has these top-level keys (all but `search` optional)::
           step: {lr_step_factor: {type: float, low: 0.05, high: 0.5}}
     storage: null                     # default: embedded journal file under mlruns/
     tracking: {uri: null, experiment: null}
-    finalize: {enabled: true, top_k: 3, seeds: 3, steps: null, samples: 20}
+    finalize: {enabled: true, top_k: 3, seeds: 3, steps: null, minutes: null, samples: 20}
     workers: {count: 1, per_gpu: 1, threads: null, max_retry: 2, heartbeat_s: 10}
 """
 
@@ -146,6 +146,9 @@ class FinalizeSpec:
     top_k: int = 3  # candidates: the best complete trials by best dev loss
     seeds: int = 3  # each candidate is retrained on seeds 1..seeds (fresh, not the search's)
     steps: int | None = None  # steps per retraining; None: budget.steps
+    # Minutes per retraining: the step count is set from the trial's measured steps/s so that
+    # a retraining takes about this long (capped by `steps` when given). None: steps decide.
+    minutes: float | None = None
     samples: int = 20  # names sampled from the final model and logged
 
 
@@ -505,6 +508,8 @@ def _parse_finalize(raw: Any, errors: list[str]) -> FinalizeSpec:
     f: FinalizeSpec = _parse_section(raw, "finalize", FinalizeSpec, errors)
     _at_least(f, "finalize", 1, ("top_k", "seeds", "steps"), errors)
     _at_least(f, "finalize", 0, ("samples",), errors)
+    if f.minutes is not None and f.minutes <= 0:
+        errors.append(f"finalize.minutes: must be > 0, got {f.minutes}")
     return f
 
 

@@ -7,8 +7,8 @@ Two implementations of the same function:
   autograd's per-operation bookkeeping, not arithmetic, dominates a step on a CPU; writing the
   backward out roughly halves the operations (measured here: 2.5x the lecture loop's steps/s).
 
-Both draw dropout masks the way `F.dropout` does, so with the same seed they compute the same
-losses (a test compares them over a few hundred steps).
+Both draw dropout masks with `harness.model.dropout_mask`, so with the same seed they compute the
+same losses (a test compares them over a few hundred steps).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.hparams import HParams
-from harness.model import MLP
+from harness.model import MLP, dropout_mask
 
 STEP_KINDS = ("manual", "autograd")
 
@@ -37,7 +37,10 @@ def make_optimizer(hp: HParams, model: MLP) -> torch.optim.Optimizer:
     if hp.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     if hp.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        # fused: one kernel for all parameters; on a CPU about 5x torch's default (foreach)
+        # update for a 0.7M-parameter model, where the update was a fifth of the step.
+        return torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
+                                 fused=True)
     raise ValueError(f"unknown optimizer {hp.optimizer!r}")
 
 
@@ -93,8 +96,8 @@ class ManualStep:
         for lin in self.linears:
             h = torch.tanh(torch.addmm(lin.bias, x, lin.weight.t()))  # (B, H)
             mask = None
-            if self.dropout > 0:  # as F.dropout draws it: bernoulli(1 - p) / (1 - p)
-                mask = torch.empty_like(h).bernoulli_(1 - self.dropout).div_(1 - self.dropout)
+            if self.dropout > 0:  # as the module's Dropout draws it
+                mask = dropout_mask(h, self.dropout)
             saved.append((x, h, mask))
             x = h if mask is None else h * mask
         out = self.model.output

@@ -13,7 +13,8 @@ import harness.data
 from harness import paths
 from harness.coordinator import run_search
 from harness.data import SealedSplitError, load_test_examples
-from harness.final import AlreadyFinalized, final_model, finalize
+from harness.final import AlreadyFinalized, Candidate, final_model, finalize, plan_steps
+from harness.hparams import HParams
 from harness.model import sample_words
 from harness.spec import load_spec
 from harness.study import load_study
@@ -108,6 +109,31 @@ def test_finalize_picks_by_mean_dev_loss_not_one_lucky_seed(write_study, monkeyp
     by_trial = {c["trial"]: c for c in record["candidates"]}
     assert by_trial[trial_a.number]["dev_mean"] == pytest.approx(2.5)
     assert by_trial[trial_a.number]["dev_std"] > 0
+
+
+@pytest.mark.parametrize(("finalize_block", "speed", "steps"), [
+    ({}, 500.0, 200),                              # budget.steps
+    ({"steps": 1000}, 500.0, 1000),                # finalize.steps
+    ({"minutes": 1}, 501.0, 28_550),               # 60 s x 501 steps/s x 0.95 = 28,557: in 50s
+    ({"minutes": 1, "steps": 10_000}, 500.0, 10_000),  # capped by finalize.steps
+    ({"minutes": 1}, None, 200),                   # no measured speed: the steps decide
+    ({"minutes": 0.001}, 500.0, 50),               # at least one evaluation interval
+])
+def test_retraining_steps_follow_steps_or_minutes(write_study, finalize_block, speed, steps):
+    spec = load_spec(write_study(tiny_study(finalize=finalize_block)))
+    assert plan_steps(Candidate(0, HParams(), speed), spec) == steps
+
+
+def test_finalize_minutes_sets_steps_from_the_trials_speed(write_study, monkeypatch):
+    spec = load_spec(write_study(tiny_study(budget={"n_trials": 2, "steps": 100,
+                                                    "eval_every": 50},
+                                            finalize={"top_k": 1, "seeds": 1,
+                                                      "minutes": 0.002})))
+    run_search(spec)
+    best = load_study(spec).best_trial
+    expected = max(50, int(0.002 * 60 * best.user_attrs["steps_per_sec"] * 0.95) // 50 * 50)
+    record = finalize(spec)
+    assert record["steps"] == record["candidates"][0]["steps"] == expected
 
 
 def test_finalize_records_once_then_refuses_and_force_counts(write_study):

@@ -5,7 +5,7 @@ import math
 import torch
 
 from harness.hparams import HParams
-from harness.model import MLP, mean_loss, n_params, sample
+from harness.model import MLP, Dropout, dropout_mask, mean_loss, n_params, sample
 
 
 def test_lecture_model_has_11897_parameters():
@@ -18,8 +18,20 @@ def test_deeper_model_shapes_and_dropout():
                 hidden_layers=3, dropout=0.2)
     linears = [m for m in model.hidden if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(20, 16), (16, 16), (16, 16)]
-    assert sum(isinstance(m, torch.nn.Dropout) for m in model.hidden) == 3
+    assert sum(isinstance(m, Dropout) for m in model.hidden) == 3
     assert model(torch.zeros(7, 5, dtype=torch.long)).shape == (7, 27)
+
+
+def test_dropout_drops_p_and_rescales_the_rest_in_training_only():
+    torch.manual_seed(0)
+    x = torch.ones(400, 500)
+    mask = dropout_mask(x, 0.3)
+    assert abs((mask == 0).float().mean().item() - 0.3) < 0.01
+    assert torch.allclose(mask[mask != 0], torch.tensor(1 / 0.7))
+    layer = Dropout(0.3)
+    assert abs(layer(x).mean().item() - 1.0) < 0.01  # the expectation is kept
+    layer.eval()
+    assert torch.equal(layer(x), x)
 
 
 def test_initial_loss_is_near_uniform():
