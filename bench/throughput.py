@@ -8,7 +8,9 @@ Same config everywhere (the lecture's: context 3, embedding 10, hidden 200, batc
   (c) a small study through `harness run-study` with 1 and 2 workers, against the naive peer
       (bench/naive_peer.py: an Optuna objective running the lecture loop with torch's default
       threads, logging to MLflow per evaluation). Whole commands are timed, start-up included.
-Also reported: the share of a trial's time spent outside training (Optuna, MLflow, data).
+Also reported: the share of a trial's time spent outside training (Optuna, MLflow, data);
+trials per hour both over the whole command and from the first trial's start to the last one's
+end; and what the machine gives two processes training at once (the ceiling for 2 workers).
 """
 
 from __future__ import annotations
@@ -84,8 +86,10 @@ def study_file(path: Path, trials: int, steps: int, eval_every: int) -> Path:
     return path
 
 
-def overhead_share(root: Path) -> float:
-    """1 - (time inside train()) / (trial duration), over the study's trials."""
+def trial_figures(root: Path) -> tuple[float, float]:
+    """From the study's own records: the share of trial time spent outside train() (Optuna,
+    MLflow, data), and trials per hour from the first trial's start to the last one's end
+    (the rate a long study runs at, without the command's start-up and end)."""
     from harness.spec import load_spec
     from harness.study import load_study
 
@@ -93,7 +97,29 @@ def overhead_share(root: Path) -> float:
     study = load_study(load_spec(root.parent / "bench.yaml"))
     inside = sum(t.user_attrs["train_s"] for t in study.trials)
     total = sum(t.duration.total_seconds() for t in study.trials)
-    return 1 - inside / total
+    span = (max(t.datetime_complete for t in study.trials)
+            - min(t.datetime_start for t in study.trials)).total_seconds()
+    return 1 - inside / total, len(study.trials) * 3600 / span
+
+
+CONCURRENT = """
+import sys, torch
+from harness.data import DataConfig, load_search_data
+from harness.hparams import HParams
+from harness.train import train
+torch.set_num_threads(1)
+data = load_search_data(DataConfig(), 3)
+train(HParams(), data, steps=500, eval_every=500)  # warm up
+print(train(HParams(), data, steps=int(sys.argv[1]), eval_every=int(sys.argv[1])).steps_per_sec)
+"""
+
+
+def concurrent_train(processes: int, steps: int) -> float:
+    """Summed steps/s of `processes` processes each running train() on one thread at once:
+    what this machine's cores give when they work together (the ceiling for workers)."""
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT, str(steps)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    return sum(float(p.communicate()[0].split()[-1]) for p in procs)
 
 
 def main() -> None:
@@ -130,6 +156,12 @@ def main() -> None:
         rows[f"b_{kind}_over_a_min_of_rounds"] = min(
             b / a for a, b in zip(per_round["a"], per_round[kind], strict=True))
 
+    print("machine: 1 and 2 processes running train() at once, 1 thread each", flush=True)
+    ceiling = {n: statistics.median(concurrent_train(n, args.steps) for _ in range(3))
+               for n in (1, 2)}
+    rows["m_1_process_steps_per_s"] = ceiling[1]
+    rows["m_2_processes_steps_per_s"] = ceiling[2]
+
     trial_steps = args.trials * args.trial_steps
     print(f"(c): studies of {args.trials} trials x {args.trial_steps} steps", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,7 +174,9 @@ def main() -> None:
                           "--workers", str(workers)], cwd=work)
             rows[f"c_harness_{workers}w_trial_steps_per_s"] = trial_steps / wall
             rows[f"c_harness_{workers}w_trials_per_hour"] = args.trials * 3600 / wall
-            rows[f"c_harness_{workers}w_overhead_share"] = overhead_share(work / "mlruns")
+            share, steady = trial_figures(work / "mlruns")
+            rows[f"c_harness_{workers}w_trials_per_hour_steady"] = steady
+            rows[f"c_harness_{workers}w_overhead_share"] = share
         peer = Path(tmp) / "peer"
         wall = timed([sys.executable, str(REPO / "bench" / "naive_peer.py"), "--trials",
                       str(args.trials), "--steps", str(args.trial_steps), "--eval-every",
@@ -161,11 +195,14 @@ def main() -> None:
         if "_over_a_" in key:
             print(f"{key:<44} {value:>9.2f}x")
             continue
-        base = a if key.startswith(("a_", "b_")) else peer
-        ratio = "" if key.endswith("per_hour") else f"{value / base:>7.2f}x"
+        base = a if key.startswith(("a_", "b_")) else ceiling[1] if key.startswith("m_") else peer
+        ratio = "" if "per_hour" in key else f"{value / base:>7.2f}x"
         print(f"{key:<44} {value:>10,.0f} {ratio:>8}")
-    one, two = rows["c_harness_1w_trials_per_hour"], rows["c_harness_2w_trials_per_hour"]
-    print(f"{'2 workers / 1 worker (trials per hour)':<44} {two / one:>10.2f}")
+    for what, suffix in (("whole command", ""), ("first start to last end", "_steady")):
+        one = rows[f"c_harness_1w_trials_per_hour{suffix}"]
+        two = rows[f"c_harness_2w_trials_per_hour{suffix}"]
+        print(f"{'2 workers / 1 worker, trials/h, ' + what:<44} {two / one:>10.2f}")
+    print(f"{'2 processes / 1 process, train() steps/s':<44} {ceiling[2] / ceiling[1]:>10.2f}")
 
     result = {
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "

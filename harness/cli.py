@@ -104,9 +104,11 @@ def cmd_run_study(args: argparse.Namespace) -> int:
           f"sampler {spec.sampler.type}, pruner {spec.pruner.type}, {workers} worker(s)",
           file=sys.stderr)
     study = run_search(spec, workers=workers, observer=Progress(), device=args.device)
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    counts = {s: sum(t.state.name == s for t in study.trials)
-              for s in ("COMPLETE", "PRUNED", "FAIL")}
+    from harness.study import SURPLUS_ATTR
+
+    trials = [t for t in study.trials if not t.user_attrs.get(SURPLUS_ATTR)]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
     print(f"study {spec.name}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
     if complete:
         best = study.best_trial
@@ -216,8 +218,13 @@ def _hparams(spec: Any, params: Sequence[str]) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from harness.data import load_search_data
+    from harness.steps import STEP_KINDS
     from harness.train import train
 
+    if args.step not in STEP_KINDS:
+        print(f"error: --step must be one of {', '.join(STEP_KINDS)}, got {args.step!r}",
+              file=sys.stderr)
+        return EXIT_USAGE
     spec = _load(args)
     hp = _hparams(spec, args.param)
     progress = Progress()
@@ -230,7 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     data = load_search_data(spec.data, hp.context_length)
     result = train(hp, data, steps=spec.budget.steps, eval_every=spec.budget.eval_every,
-                   on_eval=on_eval, device=args.device)
+                   on_eval=on_eval, device=args.device, step_kind=args.step)
     progress.status("")
     summary = {**result.summary(), "config": hp.to_dict()}
     if args.json:
@@ -416,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a hyperparameter value, e.g. --param lr=0.05 (repeatable)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto (default: cpu)")
+    p.add_argument("--step", default="manual",
+                   help="training step: manual (hand-written backward, the default), autograd "
+                        "(the reference), graphed (manual captured as a CUDA graph on a GPU)")
 
     p = add("worker", cmd_worker,
             "Join a running study from another machine: run its trials until it has "

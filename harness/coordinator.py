@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from harness import leaderboard, logs, paths
 from harness.spec import StudySpec
 from harness.study import (
+    SURPLUS_ATTR,
     SearchObserver,
     best_value,
     budget_taken,
@@ -194,6 +195,8 @@ class _Watcher:
             elif t.state.is_finished() and t.number not in self.finished:
                 self.finished.add(t.number)
                 self.running.pop(t.number, None)
+                if t.user_attrs.get(SURPLUS_ATTR):
+                    continue
                 self.observer.trial_finished(t, counted_trials(self.study),
                                              self.spec.budget.n_trials, best_value(self.study))
 

@@ -6,6 +6,8 @@ Two implementations of the same function:
 - `ManualStep`: the backward written out by hand, with fused updates. The MLP is so small that
   autograd's per-operation bookkeeping, not arithmetic, dominates a step on a CPU; writing the
   backward out roughly halves the operations (measured here: 2.5x the lecture loop's steps/s).
+- `GraphedStep` (CUDA): the manual step captured once as a CUDA graph and replayed, so that a
+  step costs one launch instead of a few dozen.
 
 Both draw dropout masks with `harness.model.dropout_mask`, so with the same seed they compute the
 same losses (a test compares them over a few hundred steps).
@@ -22,7 +24,10 @@ from torch.nn import functional as F
 from harness.hparams import HParams
 from harness.model import MLP, dropout_mask
 
-STEP_KINDS = ("manual", "autograd")
+STEP_KINDS = ("manual", "autograd", "graphed")
+
+# A learning rate: a number, or a 0-dim tensor on the model's device (what a graph reads).
+LR = float | torch.Tensor
 
 
 class Step(Protocol):
@@ -32,15 +37,18 @@ class Step(Protocol):
         ...
 
 
-def make_optimizer(hp: HParams, model: MLP) -> torch.optim.Optimizer:
-    """The optimizer named by `hp.optimizer`, at `hp.lr` (the schedule sets lr each step)."""
+def make_optimizer(hp: HParams, model: MLP, lr: LR | None = None) -> torch.optim.Optimizer:
+    """The optimizer named by `hp.optimizer`, at `lr` (default hp.lr; the schedule sets it each
+    step). A tensor `lr` is read on the device at every step, as a CUDA graph needs."""
+    lr = hp.lr if lr is None else lr
     if hp.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=hp.weight_decay)
     if hp.optimizer == "adamw":
         # fused: one kernel for all parameters; on a CPU about 5x torch's default (foreach)
         # update for a 0.7M-parameter model, where the update was a fifth of the step.
-        return torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
-                                 fused=True)
+        on_cuda = model.output.weight.is_cuda
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=hp.weight_decay,
+                                 fused=True, capturable=on_cuda and isinstance(lr, torch.Tensor))
     raise ValueError(f"unknown optimizer {hp.optimizer!r}")
 
 
@@ -50,6 +58,8 @@ def make_step(kind: str, model: MLP, hp: HParams) -> Step:
         return ManualStep(model, hp)
     if kind == "autograd":
         return AutogradStep(model, hp)
+    if kind == "graphed":
+        return GraphedStep(model, hp, capture=model.output.weight.is_cuda)
     raise ValueError(f"unknown step kind {kind!r}; choose one of {', '.join(STEP_KINDS)}")
 
 
@@ -71,22 +81,27 @@ class AutogradStep:
 
 
 class ManualStep:
-    """The same step with the backward written out and the updates fused."""
+    """The same step with the backward written out and the updates fused.
 
-    def __init__(self, model: MLP, hp: HParams) -> None:
+    `lr` may be a number or a 0-dim tensor on the device (`GraphedStep` passes the tensor it
+    fills each step; AdamW then needs it at construction: `lr_tensor`)."""
+
+    def __init__(self, model: MLP, hp: HParams, lr_tensor: torch.Tensor | None = None) -> None:
         self.model = model
         self.linears = [m for m in model.hidden if isinstance(m, nn.Linear)]
         self.dropout = hp.dropout
         self.sgd = hp.optimizer == "sgd"
         self.weight_decay = hp.weight_decay
         # AdamW keeps its moments in torch's optimizer; the gradients are handed to it.
-        self.adamw = None if self.sgd else make_optimizer(hp, model)
+        self.adamw = None if self.sgd else make_optimizer(hp, model, lr_tensor)
         # Dense parameters in a fixed order, for the fused updates.
         self.dense = [p for lin in (*self.linears, model.output) for p in (lin.weight, lin.bias)]
-        self._rows = torch.arange(hp.batch_size, device=model.output.weight.device)
+        # -1 per example, added at its target's logit: softmax - onehot in one scatter.
+        self._minus_one = torch.full((hp.batch_size, 1), -1.0,
+                                     device=model.output.weight.device)
 
     @torch.no_grad()
-    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> torch.Tensor:
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, lr: LR) -> torch.Tensor:
         C = self.model.embedding.weight  # (V, E)
         B = xb.shape[0]
 
@@ -106,9 +121,7 @@ class ManualStep:
         loss = F.nll_loss(logp, yb)
 
         # Backward of the mean cross-entropy: d logits = (softmax - onehot) / B.
-        d = logp.exp_()
-        d[self._rows[:B], yb] -= 1
-        d /= B
+        d = logp.exp_().scatter_add_(1, yb.view(-1, 1), self._minus_one[:B]).div_(B)
         grads = [d.t() @ x, d.sum(0)]  # output weight (V, H), bias (V,)
         dx = d @ out.weight  # (B, H)
         for (x_in, h, mask), lin in zip(reversed(saved), reversed(self.linears), strict=True):
@@ -124,8 +137,13 @@ class ManualStep:
             if self.weight_decay:  # torch's SGD: grad + weight_decay * param
                 torch._foreach_add_(grads, self.dense, alpha=self.weight_decay)
                 C.mul_(1 - lr * self.weight_decay)
-            torch._foreach_add_(self.dense, grads, alpha=-lr)
-            C.index_add_(0, rows, d_rows, alpha=-lr)  # only the rows in the batch move
+            if isinstance(lr, torch.Tensor):  # the rate stays on the device
+                torch._foreach_mul_(grads, -lr)
+                torch._foreach_add_(self.dense, grads)
+                C.index_add_(0, rows, d_rows * -lr)
+            else:
+                torch._foreach_add_(self.dense, grads, alpha=-lr)
+                C.index_add_(0, rows, d_rows, alpha=-lr)  # only the rows in the batch move
         else:
             assert self.adamw is not None
             dC = torch.zeros_like(C).index_add_(0, rows, d_rows)
@@ -135,3 +153,65 @@ class ManualStep:
                 group["lr"] = lr
             self.adamw.step()
         return loss
+
+
+class GraphedStep:
+    """The manual step, captured once as a CUDA graph and replayed at every step.
+
+    A step of this model is a few dozen small kernels, each costing a launch; a replayed graph
+    costs one. Replays reuse fixed addresses, so the minibatch is copied into static buffers
+    and the learning rate lives in a device tensor that the step reads (a schedule needs no
+    new capture). Dropout draws fresh masks at each replay (PyTorch advances the graph's RNG
+    offset). With `capture=False` (any CPU) the same static-buffer step runs eagerly: the form
+    in which its logic is checked without a GPU.
+    """
+
+    WARMUP_STEPS = 3  # run on a side stream before capture, as CUDA graphs require
+
+    def __init__(self, model: MLP, hp: HParams, *, capture: bool) -> None:
+        device = model.output.weight.device
+        self.lr = torch.tensor(float(hp.lr), device=device)
+        self.inner = ManualStep(model, hp, lr_tensor=self.lr)
+        self.xb = torch.zeros((hp.batch_size, hp.context_length), dtype=torch.long,
+                              device=device)
+        self.yb = torch.zeros(hp.batch_size, dtype=torch.long, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.loss: torch.Tensor | None = None
+        self.capture = capture
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> torch.Tensor:
+        self.xb.copy_(xb)
+        self.yb.copy_(yb)
+        self.lr.fill_(lr)  # a kernel argument, not a host sync
+        if not self.capture:
+            return self.inner(self.xb, self.yb, self.lr)
+        if self.graph is None:
+            self._capture()
+        assert self.graph is not None and self.loss is not None
+        self.graph.replay()
+        return self.loss  # the graph's output buffer: read it before the next step
+
+    def _capture(self) -> None:
+        """Warm up on a side stream, undo the warm-up's updates, then record one step."""
+        model, opt = self.inner.model, self.inner.adamw
+        params = [p.detach().clone() for p in model.parameters()]
+        rng = torch.cuda.get_rng_state()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP_STEPS):
+                self.inner(self.xb, self.yb, self.lr)
+        torch.cuda.current_stream().wait_stream(side)
+        # The warm-up trained on the first batch: put the weights, the optimizer's moments
+        # (created by the warm-up, so zero before) and the RNG back.
+        with torch.no_grad():
+            for p, saved in zip(model.parameters(), params, strict=True):
+                p.copy_(saved)
+            for state in (opt.state.values() if opt is not None else ()):
+                for value in state.values():
+                    if isinstance(value, torch.Tensor):
+                        value.zero_()
+        torch.cuda.set_rng_state(rng)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.loss = self.inner(self.xb, self.yb, self.lr)

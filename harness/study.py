@@ -45,6 +45,10 @@ TRIAL_FAULTS = (TrainingDiverged, torch.cuda.OutOfMemoryError)
 # Trials that use up the budget: n_trials counts these, across resumes.
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
+# Marks a trial that a worker started when the other workers had already started the last of
+# n_trials (both saw one left): it ends at once, pruned before any training, and is not counted.
+SURPLUS_ATTR = "surplus"
+
 
 class StudyNotFound(LookupError):
     """The study file's study has not been run yet (nothing in its storage)."""
@@ -175,10 +179,24 @@ def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
 
 
 def counted_trials(study: optuna.Study) -> int:
-    """Trials that used up part of the budget: finished ones, less those re-queued."""
+    """Trials that used up part of the budget: finished ones, less those re-queued and the
+    surplus ones."""
     trials = study.get_trials(deepcopy=False)
     retried = retried_numbers(trials)
-    return sum(t.state in COUNTED_STATES and t.number not in retried for t in trials)
+    return sum(t.state in COUNTED_STATES and t.number not in retried
+               and not t.user_attrs.get(SURPLUS_ATTR) for t in trials)
+
+
+def is_surplus(number: int, trials: Sequence[FrozenTrial], n_trials: int) -> bool:
+    """Whether trial `number` lies beyond n_trials: the trials before it that count, or run,
+    already make n_trials. Of two workers that both saw one trial left and both started one,
+    the later-numbered trial is the surplus one."""
+    retried = retried_numbers(trials)
+    ahead = sum(t.number < number and t.number not in retried
+                and not t.user_attrs.get(SURPLUS_ATTR)
+                and (t.state in COUNTED_STATES or t.state == TrialState.RUNNING)
+                for t in trials)
+    return ahead >= n_trials
 
 
 def budget_taken(study: optuna.Study, n_trials: int) -> bool:
@@ -292,6 +310,12 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec
+        if is_surplus(trial.number, trial.study.get_trials(deepcopy=False),
+                      spec.budget.n_trials):
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            log.info("trial %d not run: other workers started the study's last trials",
+                     trial.number)
+            raise optuna.TrialPruned("surplus: beyond n_trials")
         hp = spec.base_hparams(**suggest(trial, spec.search))
         config = hp.to_dict()
         trial.set_user_attr("config", config)
@@ -401,7 +425,7 @@ def work(spec: StudySpec, *, rank: int = 0, observer: SearchObserver | None = No
     total = spec.budget.n_trials
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        if observer:
+        if observer and not trial.user_attrs.get(SURPLUS_ATTR):
             observer.trial_finished(trial, counted_trials(study), total, best_value(study))
 
     deadline = time.monotonic() + spec.budget.timeout if spec.budget.timeout else None

@@ -134,10 +134,10 @@ def train(
     """Train the MLP of `hp` on `data.train` for `steps` steps, evaluating on `data.dev`.
 
     Evaluates every `eval_every` steps and after the last step. `step_kind` picks the step
-    implementation (harness.steps): "manual" (fast) or "autograd" (the reference); both compute
-    the same function. `lr_fn(step)` replaces hp's schedule (the learning-rate finder's
-    sweep). Raises TrainingDiverged on a diverging loss and ValueError on a config the data
-    cannot serve.
+    implementation (harness.steps): "manual" (fast), "autograd" (the reference) or "graphed"
+    (manual, replayed as a CUDA graph on a GPU); all compute the same function. `lr_fn(step)`
+    replaces hp's schedule (the learning-rate finder's sweep). Raises TrainingDiverged on a
+    diverging loss and ValueError on a config the data cannot serve.
     """
     if steps < 1 or eval_every < 1:
         raise ValueError(f"steps and eval_every must be >= 1, got {steps} and {eval_every}")

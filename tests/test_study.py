@@ -11,7 +11,15 @@ from harness import paths
 from harness.coordinator import run_search
 from harness.leaderboard import build
 from harness.spec import load_spec
-from harness.study import counted_trials, load_study, open_storage
+from harness.study import (
+    SURPLUS_ATTR,
+    _Objective,
+    counted_trials,
+    load_study,
+    open_storage,
+    open_tracker,
+    prepare_study,
+)
 
 from .conftest import tiny_study
 
@@ -104,3 +112,23 @@ def test_pruned_and_diverged_trials_are_recorded_and_the_study_goes_on(write_stu
     assert list(df["state"]) == sorted(df["state"], key=["COMPLETE", "PRUNED", "FAIL"].index)
     assert df["rank"].notna().sum() == sum(s == "COMPLETE" for s in states.values())
     assert "diverged" in df.loc[df["state"] == "FAIL", "fail_reason"].iloc[0]
+
+
+def test_a_trial_started_beyond_n_trials_is_not_run_nor_counted(write_study):
+    """Two workers that both see one trial left both start one: the later one stops at once."""
+    spec = load_spec(write_study(tiny_study(budget={"n_trials": 1, "steps": 100,
+                                                    "eval_every": 50})))
+    study = prepare_study(spec)
+    other = study.ask()  # another worker's trial: the study's last, still running
+    objective = _Objective(spec, open_tracker(spec), study.user_attrs["mlflow_parent_run_id"],
+                           None, "cpu")
+    study.optimize(objective, n_trials=1)
+
+    surplus = study.trials[1]
+    assert surplus.user_attrs.get(SURPLUS_ATTR) is True
+    assert surplus.state == optuna.trial.TrialState.PRUNED and not surplus.intermediate_values
+    assert "mlflow_run_id" not in surplus.user_attrs  # no MLflow run was opened for it
+    assert counted_trials(study) == 0
+    study.tell(other, 2.5)
+    assert counted_trials(study) == 1
+    assert list(build(study)["trial"]) == [other.number]
