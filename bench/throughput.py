@@ -60,15 +60,16 @@ def lecture_loop(Xtr: torch.Tensor, Ytr: torch.Tensor, steps: int) -> float:
     return steps / (time.perf_counter() - t0)
 
 
-def timed(cmd: list[str], cwd: Path) -> float:
-    """Wall time of a whole command, start-up included; its results go under cwd/mlruns."""
+def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
+    """Wall time of a whole command, start-up included, and its output; its results go under
+    cwd/mlruns."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HARNESS_ROOT": str(cwd / "mlruns")}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    return wall
+    return wall, proc.stdout
 
 
 def study_file(path: Path, trials: int, steps: int, eval_every: int) -> Path:
@@ -170,19 +171,20 @@ def main() -> None:
             work.mkdir()
             path = study_file(work / "bench.yaml", args.trials, args.trial_steps,
                               args.eval_every)
-            wall = timed([sys.executable, "-m", "harness.cli", "run-study", str(path),
-                          "--workers", str(workers)], cwd=work)
+            wall, _ = timed([sys.executable, "-m", "harness.cli", "run-study", str(path),
+                             "--workers", str(workers)], cwd=work)
             rows[f"c_harness_{workers}w_trial_steps_per_s"] = trial_steps / wall
             rows[f"c_harness_{workers}w_trials_per_hour"] = args.trials * 3600 / wall
             share, steady = trial_figures(work / "mlruns")
             rows[f"c_harness_{workers}w_trials_per_hour_steady"] = steady
             rows[f"c_harness_{workers}w_overhead_share"] = share
         peer = Path(tmp) / "peer"
-        wall = timed([sys.executable, str(REPO / "bench" / "naive_peer.py"), "--trials",
-                      str(args.trials), "--steps", str(args.trial_steps), "--eval-every",
-                      str(args.eval_every), "--root", str(peer)], cwd=Path(tmp))
+        wall, out = timed([sys.executable, str(REPO / "bench" / "naive_peer.py"), "--trials",
+                           str(args.trials), "--steps", str(args.trial_steps), "--eval-every",
+                           str(args.eval_every), "--root", str(peer)], cwd=Path(tmp))
         rows["c_peer_trial_steps_per_s"] = trial_steps / wall
         rows["c_peer_trials_per_hour"] = args.trials * 3600 / wall
+        rows["c_peer_trials_per_hour_steady"] = args.trials * 3600 / json.loads(out)["steady_s"]
 
     a = rows["a_lecture_loop"]
     peer = rows["c_peer_trial_steps_per_s"]
@@ -201,7 +203,11 @@ def main() -> None:
     for what, suffix in (("whole command", ""), ("first start to last end", "_steady")):
         one = rows[f"c_harness_1w_trials_per_hour{suffix}"]
         two = rows[f"c_harness_2w_trials_per_hour{suffix}"]
+        peer_rate = rows[f"c_peer_trials_per_hour{suffix}"]
+        rows[f"c_2w_over_1w{suffix}"] = two / one
+        rows[f"c_2w_over_peer{suffix}"] = two / peer_rate
         print(f"{'2 workers / 1 worker, trials/h, ' + what:<44} {two / one:>10.2f}")
+        print(f"{'2 workers / naive peer, trials/h, ' + what:<44} {two / peer_rate:>10.2f}")
     print(f"{'2 processes / 1 process, train() steps/s':<44} {ceiling[2] / ceiling[1]:>10.2f}")
 
     result = {
