@@ -104,9 +104,9 @@ def cmd_run_study(args: argparse.Namespace) -> int:
           f"sampler {spec.sampler.type}, pruner {spec.pruner.type}, {workers} worker(s)",
           file=sys.stderr)
     study = run_search(spec, workers=workers, observer=Progress(), device=args.device)
-    from harness.study import SURPLUS_ATTR
+    from harness.study import search_trials
 
-    trials = [t for t in study.trials if not t.user_attrs.get(SURPLUS_ATTR)]
+    trials = search_trials(study)
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
     print(f"study {spec.name}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))

@@ -16,7 +16,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from harness import hparams
-from harness.study import SURPLUS_ATTR
+from harness.study import search_trials
 
 _STATE_ORDER = {"COMPLETE": 0, "REFERENCE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3,
                 "WAITING": 4}
@@ -66,7 +66,7 @@ def build(study: optuna.Study, references: Sequence[Any] = ()) -> pd.DataFrame:
     `references` (harness.baseline.BaselineResult) are placed among the complete trials by
     their dev loss, unranked, with state REFERENCE.
     """
-    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS_ATTR)]
+    trials = search_trials(study)
     rows = [_row(t) for t in trials]
     rows += [{"state": "REFERENCE", "model": r.model, "best_dev_loss": r.dev_loss}
              for r in references]

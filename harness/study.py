@@ -178,22 +178,25 @@ def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
     return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
 
 
+def search_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's trials, less the surplus ones (started beyond n_trials and never run)."""
+    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS_ATTR)]
+
+
 def counted_trials(study: optuna.Study) -> int:
     """Trials that used up part of the budget: finished ones, less those re-queued and the
     surplus ones."""
-    trials = study.get_trials(deepcopy=False)
+    trials = search_trials(study)
     retried = retried_numbers(trials)
-    return sum(t.state in COUNTED_STATES and t.number not in retried
-               and not t.user_attrs.get(SURPLUS_ATTR) for t in trials)
+    return sum(t.state in COUNTED_STATES and t.number not in retried for t in trials)
 
 
 def is_surplus(number: int, trials: Sequence[FrozenTrial], n_trials: int) -> bool:
-    """Whether trial `number` lies beyond n_trials: the trials before it that count, or run,
-    already make n_trials. Of two workers that both saw one trial left and both started one,
-    the later-numbered trial is the surplus one."""
+    """Whether trial `number` lies beyond n_trials: the `trials` before it (surplus ones left
+    out, see search_trials) that count, or run, already make n_trials. Of two workers that both
+    saw one trial left and both started one, the later-numbered trial is the surplus one."""
     retried = retried_numbers(trials)
     ahead = sum(t.number < number and t.number not in retried
-                and not t.user_attrs.get(SURPLUS_ATTR)
                 and (t.state in COUNTED_STATES or t.state == TrialState.RUNNING)
                 for t in trials)
     return ahead >= n_trials
@@ -310,8 +313,7 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec
-        if is_surplus(trial.number, trial.study.get_trials(deepcopy=False),
-                      spec.budget.n_trials):
+        if is_surplus(trial.number, search_trials(trial.study), spec.budget.n_trials):
             trial.set_user_attr(SURPLUS_ATTR, True)
             log.info("trial %d not run: other workers started the study's last trials",
                      trial.number)

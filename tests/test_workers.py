@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from harness import paths
 from harness.coordinator import run_search
 from harness.spec import load_spec
-from harness.study import SURPLUS_ATTR, counted_trials, load_study
+from harness.study import counted_trials, load_study, search_trials
 
 from .conftest import tiny_study
 
@@ -54,7 +54,7 @@ def check_finished_study(spec, n_trials: int) -> list[optuna.trial.FrozenTrial]:
     assert counted_trials(study) == n_trials
     states = [t.state.name for t in study.trials]
     assert "RUNNING" not in states and "WAITING" not in states
-    trials = [t for t in study.trials if not t.user_attrs.get(SURPLUS_ATTR)]
+    trials = search_trials(study)
     runs = mlflow_runs(spec.name)
     assert "RUNNING" not in {r.info.status for r in runs}
     numbers = {r.data.params["trial_number"] for r in runs}
