@@ -10,6 +10,7 @@ def test_defaults_are_the_lecture_config():
     assert (hp.context_length, hp.embedding_dim, hp.hidden_width, hp.batch_size) == (3, 10, 200, 32)
     assert (hp.optimizer, hp.lr, hp.lr_schedule, hp.lr_step_factor, hp.lr_step_at) == (
         "sgd", 0.1, "step", 0.1, 0.5)
+    assert hp.precision == "fp32"  # bf16 is opt-in: it pays only for wide layers
 
 
 @pytest.mark.parametrize(
@@ -21,6 +22,7 @@ def test_defaults_are_the_lecture_config():
         ("lr", True, "boolean"),
         ("dropout", 1.0, "[0, 1)"),
         ("optimizer", "adam", "sgd, adamw"),
+        ("precision", "fp16", "fp32, bf16"),
         ("lr", float("nan"), "finite"),
         ("nope", 1, "unknown"),
     ],
