@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from harness import leaderboard, logs, paths
 from harness.spec import StudySpec
 from harness.study import (
+    COUNTED_STATES,
     SURPLUS_ATTR,
     SearchObserver,
     best_value,
@@ -29,6 +30,7 @@ from harness.study import (
     open_tracker,
     prepare_study,
     reap_dead_trials,
+    retried_numbers,
     work,
 )
 from harness.tracking import FINISHED, KILLED, Tracker
@@ -56,7 +58,15 @@ def run_search(spec: StudySpec, *, workers: int | None = None,
     leaderboard CSV (also logged on the study's MLflow run) at the end, interrupted or not.
     """
     n = workers or spec.workers.count
-    study = prepare_study(spec)
+    # Several workers are spawned first: each spends seconds importing torch, Optuna and MLflow,
+    # which overlaps with this process creating the stores; they start once the study exists.
+    pool = _Pool(spec, n, device) if n > 1 else None
+    try:
+        study = prepare_study(spec)
+    except BaseException:
+        if pool is not None:
+            pool.stop()
+        raise
     finished_before = {t.number for t in study.get_trials(deepcopy=False)
                        if t.state.is_finished()}
     tracker = open_tracker(spec)
@@ -66,12 +76,14 @@ def run_search(spec: StudySpec, *, workers: int | None = None,
     try:
         if remaining <= 0:
             log.info("study %s already has its %d trials", spec.name, spec.budget.n_trials)
-        elif n == 1:
+        elif pool is None:
             work(spec, rank=0, observer=observer, device=device)
         else:
-            _run_processes(spec, study, min(n, remaining), device, observer)
+            pool.run(study, remaining, observer)
         status = FINISHED
     finally:
+        if pool is not None:
+            pool.stop()  # workers still waiting (none were needed); the others have exited
         out = paths.study_dir(spec.name) / "leaderboard.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
         leaderboard.build(study).to_csv(out, index=False)
@@ -113,45 +125,61 @@ def _gpu_for(rank: int, per_gpu: int, device: str) -> int | None:
     return (rank // per_gpu) % max(1, torch.cuda.device_count())
 
 
-def _run_processes(spec: StudySpec, study: optuna.Study, n: int, device: str,
-                   observer: SearchObserver | None) -> None:
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that holds torch threads
-    threads = threads_per_worker(spec, n)
+class _Pool:
+    """Local worker processes: spawned at once, released by `run` when the study exists,
+    replaced when they die while trials remain, stopped on Ctrl-C."""
 
-    def start(rank: int) -> Any:
-        gpu = _gpu_for(rank, spec.workers.per_gpu, device)
-        p = ctx.Process(target=worker_main, args=(spec, rank, device, threads, gpu),
-                        name=f"harness-worker-{rank}", daemon=False)
+    def __init__(self, spec: StudySpec, n: int, device: str) -> None:
+        self.spec, self.device = spec, device
+        self.ctx = multiprocessing.get_context("spawn")  # never fork a process with torch threads
+        self.ready = self.ctx.Event()  # set by `run`: the study exists, start trials
+        self.threads = threads_per_worker(spec, n)
+        self.procs = {rank: self._start(rank) for rank in range(n)}
+        self.next_rank = n
+
+    def _start(self, rank: int) -> Any:
+        gpu = _gpu_for(rank, self.spec.workers.per_gpu, self.device)
+        p = self.ctx.Process(target=worker_main, name=f"harness-worker-{rank}", daemon=False,
+                             args=(self.spec, rank, self.device, self.threads, gpu, self.ready))
         p.start()
-        log.info("worker %d started (pid %d, %d threads, gpu %s)", rank, p.pid, threads, gpu)
+        log.info("worker %d started (pid %d, %d threads, gpu %s)", rank, p.pid, self.threads,
+                 gpu)
         return p
 
-    procs = {rank: start(rank) for rank in range(n)}
-    next_rank, restarts = n, 0
-    watcher = _Watcher(study, spec, observer)
-    try:
-        while any(p.is_alive() for p in procs.values()):
-            time.sleep(POLL_S)
+    def run(self, study: optuna.Study, remaining: int,
+            observer: SearchObserver | None) -> None:
+        """Release the workers (no more than `remaining`) and supervise them to the end."""
+        for rank in sorted(self.procs)[remaining:]:  # a resumed study may need fewer
+            _stop([self.procs.pop(rank)])
+        self.ready.set()
+        spec, n, restarts = self.spec, len(self.procs), 0
+        watcher = _Watcher(study, spec, observer)
+        try:
+            while any(p.is_alive() for p in self.procs.values()):
+                time.sleep(POLL_S)
+                reap_dead_trials(spec, study)
+                watcher.poll()
+                for rank, p in list(self.procs.items()):
+                    if p.is_alive() or p.exitcode == 0:
+                        continue
+                    if budget_taken(study, spec.budget.n_trials):
+                        continue
+                    if restarts >= 3 * n:
+                        raise WorkersFailed(f"worker processes died {restarts} times; see the log")
+                    log.warning("worker %d died (exit code %s); starting a replacement", rank,
+                                p.exitcode)
+                    del self.procs[rank]
+                    self.procs[self.next_rank] = self._start(self.next_rank)
+                    self.next_rank, restarts = self.next_rank + 1, restarts + 1
             reap_dead_trials(spec, study)
             watcher.poll()
-            for rank, p in list(procs.items()):
-                if p.is_alive() or p.exitcode == 0:
-                    continue
-                if budget_taken(study, spec.budget.n_trials):
-                    continue
-                if restarts >= 3 * n:
-                    raise WorkersFailed(f"worker processes died {restarts} times; see the log")
-                log.warning("worker %d died (exit code %s); starting a replacement", rank,
-                            p.exitcode)
-                del procs[rank]
-                procs[next_rank] = start(next_rank)
-                next_rank, restarts = next_rank + 1, restarts + 1
-        reap_dead_trials(spec, study)
-        watcher.poll()
-    except BaseException:
-        _stop(procs.values())
-        reap_dead_trials(spec, study)
-        raise
+        except BaseException:
+            self.stop()
+            reap_dead_trials(spec, study)
+            raise
+
+    def stop(self) -> None:
+        _stop(self.procs.values())
 
 
 def _stop(procs: Any) -> None:
@@ -176,11 +204,13 @@ class _Watcher:
         self.finished = {t.number for t in study.get_trials(deepcopy=False)
                          if t.state.is_finished()}
         self.running: dict[int, int] = {}  # trial number -> last step shown
+        self.done = counted_trials(study)  # as of the last poll
 
     def poll(self) -> None:
         if self.observer is None:
             return
         trials = self.study.get_trials(deepcopy=False)
+        retried = retried_numbers(trials)
         for t in trials:
             if t.state == TrialState.RUNNING:
                 if t.number not in self.running:
@@ -197,20 +227,28 @@ class _Watcher:
                 self.running.pop(t.number, None)
                 if t.user_attrs.get(SURPLUS_ATTR):
                     continue
-                self.observer.trial_finished(t, counted_trials(self.study),
-                                             self.spec.budget.n_trials, best_value(self.study))
+                # Counted one by one: two trials that end within one poll show [k] and [k+1].
+                self.done += t.state in COUNTED_STATES and t.number not in retried
+                self.observer.trial_finished(t, self.done, self.spec.budget.n_trials,
+                                             best_value(self.study))
+        self.done = counted_trials(self.study)
 
 
-def worker_main(spec: StudySpec, rank: int, device: str, threads: int, gpu: int | None) -> None:
-    """Entry point of a spawned worker process."""
+def worker_main(spec: StudySpec, rank: int, device: str, threads: int, gpu: int | None,
+                ready: Any) -> None:
+    """Entry point of a spawned worker process: get ready, wait for the study, work."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before CUDA is first used
     _interrupt_once()
     logs.configure(verbose=False)
     import torch
 
+    from harness import tracking
+
     torch.set_num_threads(threads)
     try:
+        tracking.preload()  # MLflow's import, while the coordinator creates the stores
+        ready.wait()
         work(spec, rank=rank, device=device)
     except KeyboardInterrupt:
         raise SystemExit(130) from None

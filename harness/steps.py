@@ -1,6 +1,6 @@
 """One optimizer step of the MLP on a minibatch: forward, backward, update.
 
-Two implementations of the same function:
+Three implementations of the same function:
 
 - `AutogradStep`: the module's forward, `loss.backward()`, a torch.optim optimizer. The reference.
 - `ManualStep`: the backward written out by hand, with fused updates. The MLP is so small that
@@ -9,13 +9,17 @@ Two implementations of the same function:
 - `GraphedStep` (CUDA): the manual step captured once as a CUDA graph and replayed, so that a
   step costs one launch instead of a few dozen.
 
-Both draw dropout masks with `harness.model.dropout_mask`, so with the same seed they compute the
-same losses (a test compares them over a few hundred steps).
+All draw dropout masks with `harness.model.dropout_mask`, so with the same seed they compute the
+same losses (tests compare them over a few hundred steps). `hp.precision` "bf16" runs the matrix
+products in bfloat16 (autocast in the reference, explicit casts in the manual step).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -24,6 +28,8 @@ from torch.nn import functional as F
 
 from harness.hparams import HParams
 from harness.model import MLP, dropout_mask
+
+log = logging.getLogger(__name__)
 
 STEP_KINDS = ("manual", "autograd", "graphed")
 
@@ -35,6 +41,11 @@ PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 # A learning rate: a number, or a 0-dim tensor on the model's device (what a graph reads).
 LR = float | torch.Tensor
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
@@ -70,8 +81,21 @@ def make_optimizer(hp: HParams, model: MLP, lr: LR | None = None) -> torch.optim
     raise ValueError(f"unknown optimizer {hp.optimizer!r}")
 
 
+@functools.cache
+def cpu_has_fast_bf16() -> bool | None:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); None where unknown."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def make_step(kind: str, model: MLP, hp: HParams) -> Step:
     """A step function of `kind` ("manual" or "autograd") for `model`."""
+    if hp.precision == "bf16" and not model.output.weight.is_cuda and cpu_has_fast_bf16() is False:
+        _warn_once("precision bf16: this CPU has no AVX512-BF16 or AMX, so bf16 products are "
+                   "emulated and likely slower than fp32; consider precision: fp32")
     if kind == "manual":
         return ManualStep(model, hp)
     if kind == "autograd":

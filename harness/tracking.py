@@ -65,6 +65,11 @@ def check_reachable(uri: str | None, timeout_s: float = 5.0) -> None:
                                 f"{redact(reason)}") from None
 
 
+def preload() -> None:
+    """Import MLflow now (a second or more), e.g. while waiting for a study to be created."""
+    import mlflow  # noqa: F401
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 

@@ -104,3 +104,16 @@ def test_no_host_sync_per_step(monkeypatch):
         reads.clear()
         train(HParams(hidden_width=32), data, steps=600, eval_every=200, step_kind=kind)
         assert len(reads) == 2 * 3  # per evaluation: the train loss and the dev loss
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, caplog):
+    from harness import steps
+    from harness.model import MLP
+
+    monkeypatch.setattr(steps, "cpu_has_fast_bf16", lambda: False)
+    steps._warn_once.cache_clear()
+    for precision in ("fp32", "bf16"):
+        hp = dataclasses.replace(HParams(), precision=precision)
+        steps.make_step("manual", MLP.from_hparams(hp, 27), hp)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "consider precision: fp32" in warnings[0]

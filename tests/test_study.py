@@ -132,3 +132,33 @@ def test_a_trial_started_beyond_n_trials_is_not_run_nor_counted(write_study):
     study.tell(other, 2.5)
     assert counted_trials(study) == 1
     assert list(build(study)["trial"]) == [other.number]
+
+
+def test_progress_counts_trials_that_end_together_one_by_one(write_study):
+    """Two trials that finish between two polls of the coordinator show [1/4] and [2/4], not
+    [2/4] twice."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from harness.coordinator import _Watcher
+
+    spec = load_spec(write_study(tiny_study(budget={"n_trials": 4, "steps": 100,
+                                                    "eval_every": 50})))
+    study = optuna.create_study()
+    seen: list[tuple[int, int, int]] = []
+
+    class Observer:
+        def trial_started(self, number, params): pass
+        def evaluated(self, number, step, steps, dev_loss): pass
+        def trial_finished(self, trial, done, total, best):
+            seen.append((trial.number, done, total))
+
+    watcher = _Watcher(study, spec, Observer())
+    for value in (2.5, 2.4):
+        study.add_trial(create_trial(params={"lr": 0.01}, value=value,
+                                     distributions={"lr": FloatDistribution(1e-3, 1e-2)}))
+    watcher.poll()
+    study.add_trial(create_trial(params={"lr": 0.01}, value=2.3,
+                                 distributions={"lr": FloatDistribution(1e-3, 1e-2)}))
+    watcher.poll()
+    assert seen == [(0, 1, 4), (1, 2, 4), (2, 3, 4)]

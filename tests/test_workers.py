@@ -74,6 +74,52 @@ def test_two_local_workers_share_the_study(write_study):
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4  # no repeated proposals
 
 
+def test_workers_start_while_the_study_is_created(write_study, monkeypatch):
+    """Workers are spawned before the stores are created (their imports overlap with it); a
+    resumed study that needs fewer trials than workers releases only as many as it needs."""
+    import multiprocessing
+
+    from harness import coordinator
+
+    spec = load_spec(write_study(tiny_study(budget={"n_trials": 3, "steps": 100,
+                                                    "eval_every": 50})))
+    alive_at_prepare = []
+    real_prepare = coordinator.prepare_study
+
+    def prepare(spec):
+        alive_at_prepare.append(len(multiprocessing.active_children()))
+        return real_prepare(spec)
+
+    monkeypatch.setattr(coordinator, "prepare_study", prepare)
+    run_search(spec, workers=2)
+    assert alive_at_prepare == [2]
+    check_finished_study(spec, 3)
+
+    # Resumed with one trial missing: one worker is released, the other is stopped unused.
+    spec = load_spec(write_study(tiny_study(budget={"n_trials": 4, "steps": 100,
+                                                    "eval_every": 50})))
+    run_search(spec, workers=2)
+    trials = check_finished_study(spec, 4)
+    assert len(trials) == 4 and not any(t.user_attrs.get("surplus") for t in trials)
+    assert multiprocessing.active_children() == []
+
+
+def test_a_failing_start_leaves_no_worker_behind(write_study, monkeypatch):
+    import multiprocessing
+
+    from harness import coordinator
+
+    spec = load_spec(write_study(tiny_study()))
+
+    def prepare(spec):
+        raise RuntimeError("store down")
+
+    monkeypatch.setattr(coordinator, "prepare_study", prepare)
+    with pytest.raises(RuntimeError, match="store down"):
+        run_search(spec, workers=2)
+    assert multiprocessing.active_children() == []
+
+
 def test_two_workers_on_postgres(write_study):
     url = postgres_url()
     name = f"pg-{uuid.uuid4().hex[:8]}"
