@@ -157,7 +157,7 @@ class ManualStep:
         B = xb.shape[0]
         lo, hi = self._lo, self._hi  # to the products' dtype and back; identities in fp32
 
-        # Forward, keeping what the backward needs. Products run in `low`; tanh, the softmax
+        # Forward, keeping what the backward needs. Products run in hp.precision; tanh, softmax
         # and everything the update reads stay fp32.
         x = lo(F.embedding(xb, C).view(B, -1))  # (B, T*E)
         saved = []  # per hidden layer: its input, weight, tanh output and dropout mask
