@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -14,10 +15,10 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from harness import paths
+from harness import coordinator, paths
 from harness.coordinator import run_search
 from harness.spec import load_spec
-from harness.study import counted_trials, load_study, search_trials
+from harness.study import SURPLUS_ATTR, counted_trials, load_study, search_trials
 
 from .conftest import tiny_study
 
@@ -77,10 +78,6 @@ def test_two_local_workers_share_the_study(write_study):
 def test_workers_start_while_the_study_is_created(write_study, monkeypatch):
     """Workers are spawned before the stores are created (their imports overlap with it); a
     resumed study that needs fewer trials than workers releases only as many as it needs."""
-    import multiprocessing
-
-    from harness import coordinator
-
     spec = load_spec(write_study(tiny_study(budget={"n_trials": 3, "steps": 100,
                                                     "eval_every": 50})))
     alive_at_prepare = []
@@ -100,15 +97,11 @@ def test_workers_start_while_the_study_is_created(write_study, monkeypatch):
                                                     "eval_every": 50})))
     run_search(spec, workers=2)
     trials = check_finished_study(spec, 4)
-    assert len(trials) == 4 and not any(t.user_attrs.get("surplus") for t in trials)
+    assert len(trials) == 4 and not any(t.user_attrs.get(SURPLUS_ATTR) for t in trials)
     assert multiprocessing.active_children() == []
 
 
 def test_a_failing_start_leaves_no_worker_behind(write_study, monkeypatch):
-    import multiprocessing
-
-    from harness import coordinator
-
     spec = load_spec(write_study(tiny_study()))
 
     def prepare(spec):
