@@ -246,8 +246,16 @@ def reap_dead_trials(spec: StudySpec, study: optuna.Study) -> list[int]:
     """
     reaped = []
     host = socket.gethostname()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
         worker = t.user_attrs.get("worker", "")
+        # A retry starts with its failed predecessor's user attrs (Optuna's retry callback
+        # copies them): until its worker records itself, "worker" names the dead one.
+        history = t.system_attrs.get("retry_history")
+        if history and worker == trials[history[-1]].user_attrs.get("worker"):
+            continue
         w_host, _, rest = worker.partition(":")
         pid = int(rest.partition(":")[0] or 0)
         if w_host != host or not pid or _alive(pid):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import optuna
 import pandas as pd
 import pytest
@@ -162,3 +164,26 @@ def test_progress_counts_trials_that_end_together_one_by_one(write_study):
                                  distributions={"lr": FloatDistribution(1e-3, 1e-2)}))
     watcher.poll()
     assert seen == [(0, 1, 4), (1, 2, 4), (2, 3, 4)]
+
+
+def test_a_retry_not_yet_claimed_by_its_worker_is_not_reaped(write_study):
+    """A re-queued trial inherits its failed predecessor's "worker" (a dead process). Once a
+    worker takes it (RUNNING) but before it records itself, the reaper must leave it alone;
+    the predecessor itself, RUNNING under a dead worker, is reaped."""
+    import subprocess
+    import sys
+
+    from harness.study import reap_dead_trials
+
+    spec = load_spec(write_study(tiny_study()))
+    study = prepare_study(spec)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lost = study.ask()
+    lost.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}:cpu")
+    assert reap_dead_trials(spec, study) == [lost.number]  # failed and re-queued
+    retry = study.ask()  # a worker takes the re-queued trial
+    assert study.trials[retry.number].system_attrs["retry_history"] == [lost.number]
+    assert study.trials[retry.number].user_attrs["worker"].endswith(f":{dead.pid}:cpu")
+    assert reap_dead_trials(spec, study) == []
+    assert study.trials[retry.number].state.name == "RUNNING"
