@@ -1,6 +1,6 @@
 """Throughput benchmark: the harness against what a user would otherwise write, in one run.
 
-    python bench/throughput.py              # prints a table, writes bench/out/throughput.json
+    python bench/throughput.py              # prints a table, writes bench/results/throughput.json
 
 Same config everywhere (the lecture's: context 3, embedding 10, hidden 200, batch 32, SGD):
   (a) the plain lecture loop: raw tensors, autograd, manual SGD, one torch thread;
@@ -91,12 +91,13 @@ def trial_figures(root: Path) -> tuple[float, float]:
     """From the study's own records: the share of trial time spent outside train() (Optuna,
     MLflow, data), and trials per hour from the first trial's start to the last one's end
     (the rate a long study runs at, without the command's start-up and end)."""
+    from harness import trials
     from harness.spec import load_spec
     from harness.study import load_study
 
     os.environ["HARNESS_ROOT"] = str(root)
     study = load_study(load_spec(root.parent / "bench.yaml"))
-    inside = sum(t.user_attrs["train_s"] for t in study.trials)
+    inside = sum(r.train_s for r in trials.records(study))
     total = sum(t.duration.total_seconds() for t in study.trials)
     span = (max(t.datetime_complete for t in study.trials)
             - min(t.datetime_start for t in study.trials)).total_seconds()
@@ -130,7 +131,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=8, help="trials of the study in (c)")
     ap.add_argument("--trial-steps", type=int, default=20_000, help="steps per trial in (c)")
     ap.add_argument("--eval-every", type=int, default=2_000)
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "throughput.json")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "throughput.json")
     args = ap.parse_args()
 
     from harness.data import DataConfig, load_search_data

@@ -1,9 +1,25 @@
 """harness: hyperparameter search for character-level MLP language models.
 
-Modules, one concept each: `data` (words, vocabulary, splits, context windows), `hparams`
-(hyperparameters and their defaults), `model` (the MLP, sampling), `train` (the one training loop),
-`spec` (study files), `study` (the Optuna study driver), `tracking` (MLflow), `leaderboard`
-(trials as a table), `paths` (the results folder), `cli` (the `harness` command).
+Modules, one concept each, from the bottom up:
+
+- `data`: words, vocabulary, splits, context windows; the sealed test split
+- `hparams`: hyperparameters and their defaults (the one source of them)
+- `model`: the MLP, sampling, the model file
+- `steps`: one optimizer step (hand-written backward, autograd reference, CUDA graph)
+- `train`: the one training loop, used by trials and the final model alike
+- `spec`: study files -> a validated StudySpec
+- `journal`: damage in the embedded journal storage, found before writing
+- `storage`: the Optuna storage, claims (compare-and-set), what a study was created with
+- `trials`: what a trial is in storage (TrialRecord), the counting rules, the reaper
+- `samplers`: the spec's sampler and pruner
+- `events`: progress events the search and finalize report to an observer
+- `study`: creating or joining a study, the objective, one worker's trial loop
+- `coordinator`: run-study: local worker processes, progress, leaderboard, figures
+- `final`: the final model, the only reader of the test split (FinalResult)
+- `tracking`: MLflow, the only module that imports it
+- `leaderboard`, `plots`, `lr_find`, `baseline` (count-based n-grams): looking at results
+- `paths` (the results folder), `redact` (masking passwords), `logs` (logging set-up)
+- `cli`: the `harness` command (`python -m harness` too): parsing and printing only
 """
 
 __version__ = "0.1.0"

@@ -10,12 +10,17 @@ directly. Counts come from the train split; only dev is scored. The test split i
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from harness.data import BOUNDARY, DataConfig, Vocab, read_words, split_words
+
+log = logging.getLogger(__name__)
 
 DISCOUNTS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
 
@@ -103,4 +108,24 @@ def baselines(cfg: DataConfig, orders: Sequence[int] = range(2, 8)) -> list[Base
         kn = KneserNey(train, order, vocab)
         loss, d = min((kn.loss(dev, d), d) for d in DISCOUNTS)
         results.append(BaselineResult(f"Kneser-Ney {order}-gram", order, loss, d))
+    return results
+
+
+def save(results: Sequence[BaselineResult], path: Path) -> None:
+    """Write the results as JSON (written whole, then renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def cached(cfg: DataConfig, path: Path) -> list[BaselineResult]:
+    """The results saved at `path`, else computed (seconds) and saved there."""
+    if path.exists():
+        try:
+            return [BaselineResult(**r) for r in json.loads(path.read_text(encoding="utf-8"))]
+        except (ValueError, TypeError):
+            log.warning("ignoring the unreadable baselines file %s; computing them again", path)
+    results = baselines(cfg)
+    save(results, path)
     return results

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from harness import __version__
 from harness.redact import redact
+
+if TYPE_CHECKING:
+    from harness.final import FinalResult, Retraining
+    from harness.spec import StudySpec
+    from harness.trials import TrialRecord
 
 EXIT_USAGE = 2  # bad study file, data file or arguments: nothing was run
 EXIT_FAILED = 1
@@ -39,7 +42,8 @@ artifacts/), the embedded Optuna storage (optuna.journal) and per-study outputs 
 
 
 class Progress:
-    """A live status line on a terminal (one line per finished trial otherwise), on stderr."""
+    """A live status line on a terminal (one line per finished trial otherwise), on stderr.
+    Observes the search (harness.events.SearchObserver) and finalize (FinalizeObserver)."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
@@ -58,6 +62,8 @@ class Progress:
         self.stream.write(text + "\n")
         self.stream.flush()
 
+    # -- the search
+
     def trial_started(self, number: int, params: Mapping[str, Any]) -> None:
         self.running[number] = "starting"
 
@@ -66,25 +72,62 @@ class Progress:
         self.status(self.header + "  ".join(f"trial {n}: {text}"
                                             for n, text in sorted(self.running.items())))
 
-    def trial_finished(self, trial: Any, done: int, total: int, best: float | None) -> None:
+    def trial_finished(self, trial: TrialRecord, done: int, total: int,
+                       best: float | None) -> None:
         self.running.pop(trial.number, None)
-        attrs = trial.user_attrs
-        loss = attrs.get("best_dev_loss")
-        figure = f"best dev {loss:.4f} at step {attrs.get('best_step')}" if loss else ""
+        loss = trial.best_dev_loss
+        figure = f"best dev {loss:.4f} at step {trial.best_step}" if loss else ""
         if trial.state.name == "FAIL":
-            figure = attrs.get("fail_reason", "failed")
-        took = f"  ({trial.duration.total_seconds():.1f} s)" if trial.duration else ""
+            figure = trial.fail_reason or "failed"
+        took = f"  ({trial.duration_s:.1f} s)" if trial.duration_s else ""
         best_text = f"{best:.4f}" if best is not None else "-"
         self.header = f"[{done}/{total} trials, best {best_text}] "
         self.line(f"[{done}/{total}] trial {trial.number:>3} {trial.state.name:<8} "
                   f"{figure}{took}  best so far {best_text}")
+
+    # -- finalize
+
+    def retrainings_planned(self, jobs: Sequence[Retraining], processes: int) -> None:
+        trials = dict.fromkeys(f"trial {j.trial}: {j.steps} steps" for j in jobs)
+        self.line(f"finalizing: {len(jobs)} retrainings on {processes} process(es), "
+                  f"{', '.join(trials)}; chosen on mean dev loss, then the test split, once")
+
+    def retraining_evaluated(self, job: Retraining, step: int, dev_loss: float) -> None:
+        self.status(f"trial {job.trial}, seed {job.seed}: step {step}/{job.steps}, "
+                    f"dev {dev_loss:.4f}")
+
+    def retraining_done(self, job: Retraining, dev_loss: float, done: int, total: int) -> None:
+        self.line(f"[{done}/{total}] trial {job.trial}, seed {job.seed}: best dev {dev_loss:.4f}")
+
+
+def format_final(r: FinalResult) -> str:
+    """The finalize report: a person reads it at a glance."""
+    lines = [f"final model of study {r.study} (trial {r.chosen_trial}, {r.n_params:,} "
+             "parameters)",
+             "  candidates (dev loss, mean +- std over seeds "
+             + ", ".join(map(str, r.seeds)) + "):"]
+    for c in r.candidates:
+        mark = "*" if c.trial == r.chosen_trial else " "
+        lines.append(f"   {mark} trial {c.trial:>4}: {c.dev_mean:.4f} +- {c.dev_std:.4f}")
+    evaluated = (f"   (test split evaluated {r.test_evaluations} times)"
+                 if r.test_evaluations > 1 else "")
+    lines += [f"  dev loss   {r.dev_mean:.4f} +- {r.dev_std:.4f}",
+              f"  test loss  {r.test_mean:.4f} +- {r.test_std:.4f}{evaluated}",
+              "  config:    " + ", ".join(f"{k}={v}" for k, v in r.config.items())]
+    if r.samples:
+        novel = f"   ({r.novel_share:.0%} not in the training words)" if r.novel_share else ""
+        lines.append(f"  samples:   {' '.join(r.samples[:10])}{novel}")
+    lines += [f"  model:     {r.model_path}",
+              f"  MLflow:    run {r.mlflow_run_id} (the 'final model' run of the study)"]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
 # Subcommands
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace, path: str | None = None) -> StudySpec:
+    """The study file with --set, --storage and --tracking-uri applied."""
     from harness.spec import load_spec
 
     values = {}
@@ -92,10 +135,25 @@ def _load(args: argparse.Namespace) -> Any:
         values["storage"] = args.storage
     if getattr(args, "tracking_uri", None):
         values["tracking.uri"] = args.tracking_uri
-    return load_spec(args.study, args.set, values)
+    return load_spec(path or args.study, args.set, values)
+
+
+def _explicit(args: argparse.Namespace) -> set[str]:
+    """The study keys set on the command line (--set KEY=...)."""
+    return {item.partition("=")[0].strip() for item in args.set}
+
+
+def _tracking_address(spec: StudySpec) -> str:
+    from harness import paths
+
+    uri = spec.tracking.uri
+    if uri and uri.startswith(("http://", "https://")):
+        return redact(uri)
+    return f"mlflow ui --backend-store-uri {redact(uri or paths.tracking_uri())}"
 
 
 def cmd_run_study(args: argparse.Namespace) -> int:
+    from harness import paths, trials
     from harness.coordinator import run_search
 
     spec = _load(args)
@@ -104,95 +162,57 @@ def cmd_run_study(args: argparse.Namespace) -> int:
           f"sampler {spec.sampler.type}, pruner {spec.pruner.type}, {workers} worker(s)",
           file=sys.stderr)
     study = run_search(spec, workers=workers, observer=Progress(), device=args.device)
-    from harness.study import search_trials
-
-    trials = search_trials(study)
-    complete = [t for t in trials if t.state.name == "COMPLETE"]
-    counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
-    print(f"study {spec.name}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
+    recs = trials.search_records(study)
+    print(f"study {spec.name}: " + ", ".join(
+        f"{n} {s.lower()}" for s, n in trials.counts_by_state(recs).items()))
+    complete = [r for r in recs if r.state.name == "COMPLETE"]
     if complete:
-        best = study.best_trial
+        best = min(complete, key=lambda r: r.value)
         print(f"best trial {best.number}: dev loss {best.value:.4f}")
-        for k, v in best.user_attrs.get("config", best.params).items():
+        for k, v in best.hparams.items():
             print(f"  {k} = {v}")
-    from harness import paths
-
     print(f"leaderboard: {paths.study_dir(spec.name) / 'leaderboard.csv'}")
-    if spec.tracking.uri and spec.tracking.uri.startswith(("http://", "https://")):
-        print(f"MLflow UI:   {redact(spec.tracking.uri)}")
-    else:
-        print("MLflow UI:   mlflow ui --backend-store-uri "
-              f"{redact(spec.tracking.uri or paths.tracking_uri())}")
+    print(f"MLflow UI:   {_tracking_address(spec)}")
     if args.no_finalize or not spec.finalize.enabled:
         return 0
     from harness.final import AlreadyFinalized
 
     try:
-        return _finalize_and_report(spec, force=False, device=args.device, workers=workers)
+        return _finalize(spec, force=False, device=args.device, workers=workers)
     except AlreadyFinalized as exc:
-        print(f"already finalized: test loss {exc.record['test_mean']:.4f} "
-              f"+- {exc.record['test_std']:.4f} (harness finalize --force to redo)")
+        print(f"not finalized again: {exc}")
         return 0
 
 
-def _finalize_and_report(spec: Any, *, force: bool, device: str, workers: int = 1) -> int:
+def _finalize(spec: StudySpec, *, force: bool, device: str, workers: int) -> int:
     from harness.final import finalize
 
     progress = Progress()
-    header = [f"finalizing {spec.name}: top {spec.finalize.top_k} trials x {spec.finalize.seeds} "
-              "seeds, chosen on mean dev loss; then the test split, once"]
-
-    def report(message: str) -> None:
-        if header:  # printed once work starts, not when finalize refuses up front
-            progress.line(header.pop())
-        progress.status(message)
-
-    record = finalize(spec, force=force, device=device, workers=workers, progress=report)
+    result = finalize(spec, force=force, device=device, workers=workers, observer=progress)
     progress.status("")
-    print(format_final(record))
+    print(format_final(result))
     return 0
 
 
-def format_final(record: Mapping[str, Any]) -> str:
-    """The finalize report: a person reads it at a glance."""
-    lines = [f"final model of study {record['study']} (trial {record['chosen_trial']}, "
-             f"{record['n_params']:,} parameters)"]
-    lines += ["  candidates (dev loss, mean +- std over seeds " +
-              ", ".join(map(str, record["seeds"])) + "):"]
-    for c in record["candidates"]:
-        mark = "*" if c["trial"] == record["chosen_trial"] else " "
-        lines.append(f"   {mark} trial {c['trial']:>4}: {c['dev_mean']:.4f} +- {c['dev_std']:.4f}")
-    lines += [
-        f"  dev loss   {record['dev_mean']:.4f} +- {record['dev_std']:.4f}",
-        f"  test loss  {record['test_mean']:.4f} +- {record['test_std']:.4f}"
-        + (f"   (test split evaluated {record['test_evaluations']} times)"
-           if record["test_evaluations"] > 1 else ""),
-        "  config:    " + ", ".join(f"{k}={v}" for k, v in record["config"].items()),
-    ]
-    if record["samples"]:
-        novel = record["novel_share"]
-        lines.append(f"  samples:   {' '.join(record['samples'][:10])}"
-                     f"   ({novel:.0%} not in the training words)")
-    lines += [f"  model:     {record['model_path']}",
-              f"  MLflow:    run {record['mlflow_run_id']} (the 'final model' run of the study)"]
-    return "\n".join(lines)
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
-    from harness.study import work
+    from harness.study import choose_threads, join_study, work
 
     spec = _load(args)
-    print(f"worker joining study {spec.name} ({spec.budget.n_trials} trials in all)",
-          file=sys.stderr)
-    work(spec, rank=args.rank if args.rank is not None else os.getpid(), observer=Progress(),
-         device=args.device)
+    study, record = join_study(spec, _explicit(args))
+    threads, others = choose_threads(spec, study)
+    why = "workers.threads" if spec.workers.threads else (
+        f"the cores shared with {others} other live worker(s) of the study on this host")
+    print(f"worker joining study {spec.name} ({record.n_trials} trials in all): {threads} torch "
+          f"thread(s) ({why})", file=sys.stderr)
+    work(spec, observer=Progress(), device=args.device, threads=threads,
+         explicit=_explicit(args))
     return 0
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:
     spec = _load(args)
-    return _finalize_and_report(spec, force=args.force, device=args.device,
-                                workers=args.workers or spec.workers.count)
+    return _finalize(spec, force=args.force, device=args.device,
+                     workers=args.workers or spec.workers.count)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -206,7 +226,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hparams(spec: Any, params: Sequence[str]) -> Any:
+def _hparams(spec: StudySpec, params: Sequence[str]) -> Any:
     """The study's fixed values plus `--param NAME=VALUE`s; a bad value is a SpecError."""
     from harness.spec import SpecError, parse_assignments
 
@@ -218,13 +238,8 @@ def _hparams(spec: Any, params: Sequence[str]) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from harness.data import load_search_data
-    from harness.steps import STEP_KINDS
     from harness.train import train
 
-    if args.step not in STEP_KINDS:
-        print(f"error: --step must be one of {', '.join(STEP_KINDS)}, got {args.step!r}",
-              file=sys.stderr)
-        return EXIT_USAGE
     spec = _load(args)
     hp = _hparams(spec, args.param)
     progress = Progress()
@@ -239,9 +254,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(hp, data, steps=spec.budget.steps, eval_every=spec.budget.eval_every,
                    on_eval=on_eval, device=args.device, step_kind=args.step)
     progress.status("")
-    summary = {**result.summary(), "config": hp.to_dict()}
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps({**result.summary(), "config": hp.to_dict()}))
     else:
         for key, value in result.summary().items():
             print(f"{key:>14}: {value:.4f}" if isinstance(value, float) else f"{key:>14}: {value}")
@@ -275,7 +289,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     from harness import paths
     from harness.study import StudyNotFound, open_tracker
-    from harness.tracking import ui_command
+    from harness.tracking import port_in_use, ui_command
 
     spec = _load(args)
     uri = spec.tracking.uri or paths.tracking_uri()
@@ -285,6 +299,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if spec.tracking.uri is None and not (paths.root() / "mlflow.db").exists():
         raise StudyNotFound(f"no MLflow store yet at {paths.root() / 'mlflow.db'}: run the "
                             f"study first (harness run-study {spec.source})")
+    if port_in_use(args.host, args.port):
+        print(f"error: port {args.port} on {args.host} is already in use; choose another with "
+              "--port", file=sys.stderr)
+        return EXIT_FAILED
     tracker = open_tracker(spec)
     # The runs with their metric charts (MLflow 3 otherwise opens its GenAI overview).
     address = (f"http://{args.host}:{args.port}/#/experiments/{tracker.experiment_id}/runs"
@@ -298,74 +316,41 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from harness.baseline import baselines
+    from harness import baseline, paths
 
     spec = _load(args)
     print(f"count-based models on the split of {spec.name} (train counts, dev loss; the "
           "test split is not read)", file=sys.stderr)
-    results = baselines(spec.data)
-    _save_baselines(spec, results)
+    results = baseline.baselines(spec.data)
+    baseline.save(results, paths.study_dir(spec.name) / "baselines.json")
     for r in results:
         discount = f"  (discount {r.discount})" if r.discount is not None else ""
         print(f"{r.model:<22} dev loss {r.dev_loss:.4f}{discount}")
     return 0
 
 
-def _save_baselines(spec: Any, results: Sequence[Any]) -> None:
-    from dataclasses import asdict
-
-    from harness import paths
-
-    out = paths.study_dir(spec.name) / "baselines.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-
-
-def _load_baselines(spec: Any) -> list[Any]:
-    """The study's saved baselines, computed (and saved) first if there are none."""
-    from harness import paths
-    from harness.baseline import BaselineResult, baselines
-
-    path = paths.study_dir(spec.name) / "baselines.json"
-    if path.exists():
-        return [BaselineResult(**r) for r in json.loads(path.read_text())]
-    results = baselines(spec.data)
-    _save_baselines(spec, results)
-    return results
-
-
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from harness import leaderboard
-    from harness.spec import load_spec
+    from pathlib import Path
+
+    from harness import baseline, leaderboard, paths
     from harness.study import load_study
 
-    boards: dict[str, Any] = {}
-    notes: list[str] = []
-    searched = ["trial", "state", "model", "best_dev_loss", "best_step"]
+    boards = []
     for path in args.study:
-        spec = load_spec(path, args.set)
-        study = load_study(spec)
-        boards[spec.name] = leaderboard.build(study,
-                                              _load_baselines(spec) if args.baselines else ())
-        notes += [f"{spec.name}: {v}" for v in leaderboard.edge_flags(study).values()]
-        searched += [n for n in spec.search_names() if n not in searched]
-    df = leaderboard.combine(boards) if len(boards) > 1 else next(iter(boards.values()))
-    if args.top:  # the first N ranked trials, with the reference rows among them
-        ranked = df.index[df["rank"].notna()][: args.top]
-        df = df.loc[: ranked[-1]] if len(ranked) else df.head(0)
-    if args.format == "md":
-        columns = ["rank", "study", *searched, "n_params", "duration_s"]
-        text = leaderboard.to_markdown(df, columns) + "\n"
-    else:
-        text = df.to_csv(index=False)
+        spec = _load(args, path)
+        refs = (baseline.cached(spec.data, paths.study_dir(spec.name) / "baselines.json")
+                if args.baselines else ())
+        boards.append(leaderboard.board(spec.name, load_study(spec), spec.search_names(), refs))
+    text = leaderboard.render(boards, args.format, args.top)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text, encoding="utf-8")
-        print(f"{len(df)} rows written to {args.out}", file=sys.stderr)
+        print(f"written to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
+    for b in boards:
+        for note in b.notes:
+            print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -373,13 +358,38 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 # Parser and entry point
 
 
-def storage_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", metavar="URL",
-                   help="Optuna storage shared by every worker, e.g. postgresql://USER@HOST/DB "
-                        "(default: the study file's storage, else mlruns/optuna.journal)")
-    p.add_argument("--tracking-uri", metavar="URI",
-                   help="MLflow tracking server or database, e.g. http://HOST:5000 "
-                        "(default: the study file's tracking.uri, else mlruns/mlflow.db)")
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _options() -> dict[str, argparse.ArgumentParser]:
+    """Options shared by several commands, each declared once (argparse parent parsers)."""
+    stores = argparse.ArgumentParser(add_help=False)
+    stores.add_argument("--storage", metavar="URL",
+                        help="the study's Optuna storage, e.g. postgresql://USER@HOST/DB "
+                             "(default: the study file's storage, else mlruns/optuna.journal)")
+    stores.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow tracking server or database, e.g. http://HOST:5000 "
+                             "(default: the study file's tracking.uri, else mlruns/mlflow.db)")
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", default="cpu",
+                        help="torch device for training: cpu, cuda, auto (default: cpu)")
+    workers = argparse.ArgumentParser(add_help=False)
+    workers.add_argument("--workers", type=positive_int, metavar="N",
+                         help="worker processes (default: the study's workers.count): on CPU "
+                              "each gets cores/N torch threads; on GPUs, workers.per_gpu per GPU")
+    param = argparse.ArgumentParser(add_help=False)
+    param.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                       help="a hyperparameter value, e.g. --param lr=0.05 (repeatable; the "
+                            "study's fixed values and the defaults otherwise)")
+    return {"stores": stores, "device": device, "workers": workers, "param": param}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -387,15 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="harness",
         description="Hyperparameter search for character-level MLP language models "
                     "(Bengio et al. 2003), with Optuna studies and MLflow tracking.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    opts = _options()
 
-    def add(name: str, func: Any, help_text: str, many: bool = False) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    def add(name: str, func: Any, help_text: str, *shared: str,
+            many: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           parents=[opts[s] for s in shared])
         p.add_argument("study", metavar="STUDY.yaml", nargs="+" if many else None,
                        help="the study file" + ("(s)" if many else ""))
         p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -404,85 +415,76 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    _search_commands(add)
+    _result_commands(add)
+    return parser
+
+
+Add = Any  # add(name, func, help, *shared options, many=False) -> the command's parser
+
+
+def _search_commands(add: Add) -> None:
+    """The commands that run trials or the final model."""
     p = add("run-study", cmd_run_study,
             "Run (or resume) the study's search until it has budget.n_trials trials, then "
-            "finalize: retrain the best trials, choose on dev, evaluate the test split once.")
-    p.add_argument("--device", default="cpu", help="torch device for training: cpu, cuda, auto "
-                                                   "(default: cpu)")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="worker processes (default: the study's workers.count, 1): on CPU each "
-                        "gets cores/N torch threads; on GPUs, workers.per_gpu per GPU")
-    storage_flags(p)
+            "finalize: retrain the best trials, choose on dev, evaluate the test split once.",
+            "stores", "device", "workers")
     p.add_argument("--no-finalize", action="store_true",
                    help="stop after the search; do not retrain the best trials or touch the "
                         "test split")
-
-    p = add("train", cmd_train,
-            "Train one config (the study's fixed values plus --param values), no search.")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="a hyperparameter value, e.g. --param lr=0.05 (repeatable)")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto (default: cpu)")
-    p.add_argument("--step", default="manual",
-                   help="training step: manual (hand-written backward, the default), autograd "
-                        "(the reference), graphed (manual captured as a CUDA graph on a GPU)")
-
-    p = add("worker", cmd_worker,
-            "Join a running study from another machine: run its trials until it has "
-            "budget.n_trials (start the study with `run-study` first).")
-    storage_flags(p)
-    p.add_argument("--rank", type=int, help="seeds this worker's sampler (default: its pid)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto (default: cpu)")
-
+    add("worker", cmd_worker,
+        "Join a study started by `run-study` (from another terminal or machine): run its "
+        "trials until it has the budget it was started with.", "stores", "device")
     p = add("finalize", cmd_finalize,
             "Retrain the top trials on several seeds, choose by mean dev loss, then evaluate "
-            "the test split once, save the model and record the result.")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="processes for the retrainings (default: the study's workers.count)")
+            "the test split once, save the model and record the result.",
+            "stores", "device", "workers")
     p.add_argument("--force", action="store_true",
                    help="finalize again even though the test split was already evaluated "
-                        "(the record counts every evaluation)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, auto (default: cpu)")
+                        "(the study's storage counts every evaluation)")
 
-    p = add("sample", cmd_sample, "Print names sampled from the study's final model.")
-    p.add_argument("-n", type=int, default=20, help="how many names (default: 20)")
+
+def _result_commands(add: Add) -> None:
+    """The commands that look at results, and the single-config tools."""
+    p = add("sample", cmd_sample, "Print names sampled from the study's final model.", "stores")
+    p.add_argument("-n", type=positive_int, default=20, help="how many names (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="softmax temperature: below 1 safer, above 1 wilder (default: 1.0)")
-    p.add_argument("--max-length", type=int, default=32,
+    p.add_argument("--max-length", type=positive_int, default=32,
                    help="longest name, in characters (default: 32)")
-
     p = add("leaderboard", cmd_leaderboard,
             "The studies' trials ranked by best dev loss, as CSV or Markdown (several study "
-            "files make one table with a study column).", many=True)
+            "files make one table with a study column).", "stores", many=True)
     p.add_argument("--out", metavar="FILE", help="write the table here (default: standard output)")
     p.add_argument("--format", choices=("csv", "md"), default="csv",
                    help="csv: every column; md: the searched parameters, for a terminal or a "
                         "report (default: csv)")
-    p.add_argument("--top", type=int, metavar="N", help="only the first N rows")
+    p.add_argument("--top", type=positive_int, metavar="N", help="only the first N ranked rows")
     p.add_argument("--baselines", action="store_true",
                    help="add the count-based reference models (harness baseline) as rows")
-
     p = add("ui", cmd_ui, "Serve the MLflow UI for the study's tracking store and print the "
-                          "address of its experiment.")
+                          "address of its experiment.", "stores")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
-
+    p = add("train", cmd_train,
+            "Train one config (the study's fixed values plus --param values), no search.",
+            "device", "param")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--step", default="manual", choices=("manual", "autograd", "graphed"),
+                   help="training step: manual (hand-written backward, the default), autograd "
+                        "(the reference), graphed (manual captured as a CUDA graph on a GPU)")
     p = add("lr-find", cmd_lr_find,
             "The learning-rate finder: lr grows exponentially over a short run; plots the loss "
-            "against log10(lr) and suggests a range for the search.")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="a hyperparameter value for the sweep (the study's fixed values and the "
-                        "defaults otherwise)")
-    p.add_argument("--steps", type=int, default=1000, help="steps of the sweep (default: 1000)")
+            "against log10(lr) and suggests a range for the search.", "param")
+    p.add_argument("--steps", type=positive_int, default=1000,
+                   help="steps of the sweep (default: 1000)")
     p.add_argument("--low", type=float, default=1e-3, help="first lr (default: 1e-3)")
     p.add_argument("--high", type=float, default=1.0, help="last lr (default: 1)")
-
     add("baseline", cmd_baseline,
         "Dev losses of count-based models on the study's split: the lecture's bigram and "
         "Kneser-Ney n-grams of orders 2 to 7 (discount tuned on dev).")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -494,18 +496,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from harness.coordinator import WorkersFailed
     from harness.data import DataError
     from harness.final import AlreadyFinalized, NothingToFinalize
+    from harness.journal import JournalDamaged
     from harness.model import ModelFileError
     from harness.spec import SpecError
-    from harness.study import StorageError, StudyNotFound
+    from harness.storage import StorageError, StudyNotFound
+    from harness.study import BudgetConflict
     from harness.tracking import TrackingError
 
     try:
         return args.func(args)
-    except (SpecError, DataError) as exc:
+    except (SpecError, DataError, BudgetConflict) as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (StudyNotFound, StorageError, TrackingError, AlreadyFinalized, NothingToFinalize,
-            WorkersFailed, ModelFileError) as exc:
+            WorkersFailed, ModelFileError, JournalDamaged) as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -13,32 +13,24 @@ import multiprocessing
 import os
 import signal
 import time
+import warnings
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from harness import leaderboard, logs, paths
+from harness import leaderboard, logs, paths, storage, trials
+from harness.events import SearchObserver
 from harness.spec import StudySpec
-from harness.study import (
-    COUNTED_STATES,
-    SURPLUS_ATTR,
-    SearchObserver,
-    best_value,
-    budget_taken,
-    counted_trials,
-    open_tracker,
-    prepare_study,
-    reap_dead_trials,
-    retried_numbers,
-    work,
-)
-from harness.tracking import FINISHED, KILLED, Tracker
+from harness.storage import StudyRecord
+from harness.study import close_run_failed, open_tracker, prepare_study, work
+from harness.tracking import FAILED, FINISHED, KILLED, Tracker, TrackingError
 
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # how often the coordinator looks at the storage
-STOP_GRACE_S = 60.0  # how long interrupted workers get to record their trial
+STOP_GRACE_S = 60.0
+EXIT_TRACKING = 3  # a worker process's exit code: the tracking store stayed unreachable  # how long interrupted workers get to record their trial
 
 
 class WorkersFailed(RuntimeError):
@@ -62,35 +54,62 @@ def run_search(spec: StudySpec, *, workers: int | None = None,
     # which overlaps with this process creating the stores; they start once the study exists.
     pool = _Pool(spec, n, device) if n > 1 else None
     try:
-        study = prepare_study(spec)
+        study, record = prepare_study(spec)
     except BaseException:
         if pool is not None:
             pool.stop()
         raise
-    finished_before = {t.number for t in study.get_trials(deepcopy=False)
-                       if t.state.is_finished()}
-    tracker = open_tracker(spec)
-    parent = study.user_attrs["mlflow_parent_run_id"]
-    remaining = spec.budget.n_trials - counted_trials(study)
-    status = KILLED
+    finished_before = {r.number for r in trials.records(study) if r.state.is_finished()}
+    remaining = record.n_trials - trials.counted(trials.records(study))
+    status = FAILED
     try:
         if remaining <= 0:
-            log.info("study %s already has its %d trials", spec.name, spec.budget.n_trials)
+            log.info("study %s already has its %d trials", spec.name, record.n_trials)
         elif pool is None:
-            work(spec, rank=0, observer=observer, device=device)
+            work(spec, observer=observer, device=device, threads=threads_per_worker(spec, 1))
         else:
-            pool.run(study, remaining, observer)
+            pool.run(study, record, remaining, observer)
+        _await_others(spec, study, record, observer)
         status = FINISHED
+    except KeyboardInterrupt:
+        status = KILLED
+        raise
     finally:
         if pool is not None:
             pool.stop()  # workers still waiting (none were needed); the others have exited
-        out = paths.study_dir(spec.name) / "leaderboard.csv"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        leaderboard.build(study).to_csv(out, index=False)
-        tracker.log_artifact(parent, out)
-        _plot(spec, study, tracker, parent, finished_before)
-        tracker.end_run(parent, status)
+        _wrap_up(spec, study, record, finished_before, status)
     return study
+
+
+def _await_others(spec: StudySpec, study: optuna.Study, record: StudyRecord,
+                  observer: SearchObserver | None) -> None:
+    """Wait for the trials that other processes (another run-study, workers elsewhere) still
+    run: the leaderboard and the final model must see them end."""
+    watcher = _Watcher(study, record.n_trials, spec.budget.steps, observer)
+    while running := [r.number for r in trials.records(study) if r.state == TrialState.RUNNING]:
+        log.info("waiting for trials %s, run by other processes", running)
+        time.sleep(POLL_S)
+        if storage.heartbeats(study):  # a worker elsewhere that stopped beating
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+        trials.reap_dead(study, spec.workers.max_retry, close_run_failed(spec))
+        watcher.poll()
+
+
+def _wrap_up(spec: StudySpec, study: optuna.Study, record: StudyRecord,
+             finished_before: set[int], status: str) -> None:
+    """The leaderboard CSV and the figures, on disk and on the study's run; the run closed."""
+    out = paths.study_dir(spec.name) / "leaderboard.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    leaderboard.build(study).to_csv(out, index=False)
+    try:
+        tracker = open_tracker(spec)
+        tracker.log_artifact(record.parent_run_id, out)
+        _plot(spec, study, tracker, record.parent_run_id, finished_before)
+        tracker.end_run(record.parent_run_id, status)
+    except TrackingError as exc:  # the leaderboard is on disk; the run waits for a rerun
+        log.warning("could not update the study's MLflow run: %s", exc)
 
 
 def _plot(spec: StudySpec, study: optuna.Study, tracker: Tracker, parent: str,
@@ -102,14 +121,14 @@ def _plot(spec: StudySpec, study: optuna.Study, tracker: Tracker, parent: str,
         out = paths.study_dir(spec.name) / "plots"
         for path in plots.study_figures(study, out):
             tracker.log_artifact(parent, path, "plots")
-        for t in study.get_trials(deepcopy=False):
-            run_id = t.user_attrs.get("mlflow_run_id")
-            if not t.state.is_finished() or t.number in finished_before or not run_id:
+        for r in trials.records(study):
+            run_id = r.mlflow_run_id
+            if not r.state.is_finished() or r.number in finished_before or not run_id:
                 continue
             path = plots.loss_curves(tracker.metric_history(run_id, "dev_loss"),
                                      tracker.metric_history(run_id, "train_loss"),
-                                     f"{spec.name}, trial {t.number} ({t.state.name.lower()})",
-                                     out / "trials" / f"trial-{t.number:04d}.png")
+                                     f"{spec.name}, trial {r.number} ({r.state.name.lower()})",
+                                     out / "trials" / f"trial-{r.number:04d}.png")
             tracker.log_artifact(run_id, path)
     except Exception:  # a figure that cannot be drawn must not cost the study
         log.exception("drawing the study's figures failed")
@@ -136,47 +155,58 @@ class _Pool:
         self.threads = threads_per_worker(spec, n)
         self.procs = {rank: self._start(rank) for rank in range(n)}
         self.next_rank = n
+        self.restarts = 0
 
     def _start(self, rank: int) -> Any:
         gpu = _gpu_for(rank, self.spec.workers.per_gpu, self.device)
         p = self.ctx.Process(target=worker_main, name=f"harness-worker-{rank}", daemon=False,
-                             args=(self.spec, rank, self.device, self.threads, gpu, self.ready))
+                             args=(self.spec, self.device, self.threads, gpu, self.ready))
         p.start()
         log.info("worker %d started (pid %d, %d threads, gpu %s)", rank, p.pid, self.threads,
                  gpu)
         return p
 
-    def run(self, study: optuna.Study, remaining: int,
+    def run(self, study: optuna.Study, record: StudyRecord, remaining: int,
             observer: SearchObserver | None) -> None:
         """Release the workers (no more than `remaining`) and supervise them to the end."""
         for rank in sorted(self.procs)[remaining:]:  # a resumed study may need fewer
             _stop([self.procs.pop(rank)])
         self.ready.set()
-        spec, n, restarts = self.spec, len(self.procs), 0
-        watcher = _Watcher(study, spec, observer)
+        watcher = _Watcher(study, record.n_trials, self.spec.budget.steps, observer)
         try:
             while any(p.is_alive() for p in self.procs.values()):
                 time.sleep(POLL_S)
-                reap_dead_trials(spec, study)
+                self._reap(study)
                 watcher.poll()
-                for rank, p in list(self.procs.items()):
-                    if p.is_alive() or p.exitcode == 0:
-                        continue
-                    if budget_taken(study, spec.budget.n_trials):
-                        continue
-                    if restarts >= 3 * n:
-                        raise WorkersFailed(f"worker processes died {restarts} times; see the log")
-                    log.warning("worker %d died (exit code %s); starting a replacement", rank,
-                                p.exitcode)
-                    del self.procs[rank]
-                    self.procs[self.next_rank] = self._start(self.next_rank)
-                    self.next_rank, restarts = self.next_rank + 1, restarts + 1
-            reap_dead_trials(spec, study)
+                self._replace_dead(study, record)
+            self._reap(study)
             watcher.poll()
         except BaseException:
             self.stop()
-            reap_dead_trials(spec, study)
+            self._reap(study)
             raise
+
+    def _reap(self, study: optuna.Study) -> None:
+        trials.reap_dead(study, self.spec.workers.max_retry, close_run_failed(self.spec))
+
+    def _replace_dead(self, study: optuna.Study, record: StudyRecord) -> None:
+        """Start a replacement for each worker that died while trials remain."""
+        for rank, p in list(self.procs.items()):
+            if p.is_alive() or p.exitcode == 0:
+                continue
+            if p.exitcode == EXIT_TRACKING:
+                raise TrackingError(f"worker {rank} lost the MLflow tracking store (its message "
+                                    "is above) and its trial was re-queued: run the command "
+                                    "again once the store is back")
+            if trials.budget_taken(trials.records(study), record.n_trials):
+                continue
+            if self.restarts >= 3 * len(self.procs):
+                raise WorkersFailed(f"worker processes died {self.restarts} times; see the log")
+            log.warning("worker %d died (exit code %s); starting a replacement", rank,
+                        p.exitcode)
+            del self.procs[rank]
+            self.procs[self.next_rank] = self._start(self.next_rank)
+            self.next_rank, self.restarts = self.next_rank + 1, self.restarts + 1
 
     def stop(self) -> None:
         _stop(self.procs.values())
@@ -198,43 +228,46 @@ def _stop(procs: Any) -> None:
 class _Watcher:
     """Turns what the storage shows into the observer's progress events."""
 
-    def __init__(self, study: optuna.Study, spec: StudySpec,
+    def __init__(self, study: optuna.Study, n_trials: int, steps: int,
                  observer: SearchObserver | None) -> None:
-        self.study, self.spec, self.observer = study, spec, observer
-        self.finished = {t.number for t in study.get_trials(deepcopy=False)
-                         if t.state.is_finished()}
+        self.study, self.n_trials, self.steps, self.observer = study, n_trials, steps, observer
+        recs = trials.records(study)
+        self.finished = {r.number for r in recs if r.state.is_finished()}
         self.running: dict[int, int] = {}  # trial number -> last step shown
-        self.done = counted_trials(study)  # as of the last poll
+        self.done = trials.counted(recs)  # as of the last poll
 
     def poll(self) -> None:
         if self.observer is None:
             return
-        trials = self.study.get_trials(deepcopy=False)
-        retried = retried_numbers(trials)
-        for t in trials:
-            if t.state == TrialState.RUNNING:
-                if t.number not in self.running:
-                    self.running[t.number] = 0
-                    self.observer.trial_started(t.number, t.params)
-                if t.intermediate_values:
-                    step = max(t.intermediate_values)
-                    if step != self.running[t.number]:
-                        self.running[t.number] = step
-                        self.observer.evaluated(t.number, step, self.spec.budget.steps,
-                                                t.intermediate_values[step])
-            elif t.state.is_finished() and t.number not in self.finished:
-                self.finished.add(t.number)
-                self.running.pop(t.number, None)
-                if t.user_attrs.get(SURPLUS_ATTR):
+        recs = trials.records(self.study)
+        retried = trials.retried_numbers(recs)
+        for r in recs:
+            if r.state == TrialState.RUNNING:
+                self._progress(r)
+            elif r.state.is_finished() and r.number not in self.finished:
+                self.finished.add(r.number)
+                self.running.pop(r.number, None)
+                if r.surplus:
                     continue
                 # Counted one by one: two trials that end within one poll show [k] and [k+1].
-                self.done += t.state in COUNTED_STATES and t.number not in retried
-                self.observer.trial_finished(t, self.done, self.spec.budget.n_trials,
-                                             best_value(self.study))
-        self.done = counted_trials(self.study)
+                self.done += r.state in trials.COUNTED_STATES and r.number not in retried
+                self.observer.trial_finished(r, self.done, self.n_trials,
+                                             trials.best_value(recs))
+        self.done = trials.counted(recs)
+
+    def _progress(self, r: trials.TrialRecord) -> None:
+        assert self.observer is not None
+        if r.number not in self.running:
+            self.running[r.number] = 0
+            self.observer.trial_started(r.number, r.params)
+        if r.intermediate:
+            step = max(r.intermediate)
+            if step != self.running[r.number]:
+                self.running[r.number] = step
+                self.observer.evaluated(r.number, step, self.steps, r.intermediate[step])
 
 
-def worker_main(spec: StudySpec, rank: int, device: str, threads: int, gpu: int | None,
+def worker_main(spec: StudySpec, device: str, threads: int, gpu: int | None,
                 ready: Any) -> None:
     """Entry point of a spawned worker process: get ready, wait for the study, work."""
     if gpu is not None:
@@ -249,9 +282,12 @@ def worker_main(spec: StudySpec, rank: int, device: str, threads: int, gpu: int 
     try:
         tracking.preload()  # MLflow's import, while the coordinator creates the stores
         ready.wait()
-        work(spec, rank=rank, device=device)
+        work(spec, device=device, threads=threads)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except TrackingError as exc:  # its trial is re-queued; the coordinator stops the study
+        log.error("%s", exc)
+        raise SystemExit(EXIT_TRACKING) from None
 
 
 def _interrupt_once() -> None:

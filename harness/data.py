@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
+
+MAX_DATA_BYTES = 256 * 2**20  # a words file larger than this is refused, not read whole
+MAX_WORD_CHARS = 1000  # one word per line: a longer line is not a word
 
 BOUNDARY = "."  # starts (as padding) and ends every word; index 0 of every vocabulary
 
@@ -104,13 +108,20 @@ def read_words(path: str | Path | None = None) -> list[str]:
     """Read one word per line (UTF-8); strip spaces and CRLF, drop blank lines."""
     p = Path(path) if path is not None else bundled_words_path()
     try:
-        raw = p.read_bytes()
+        if not stat.S_ISREG(p.stat().st_mode) and not p.is_dir():
+            raise DataError(f"data path {p} is not a regular file (a device, pipe or socket "
+                            "never ends or cannot be read twice); give a file of words")
+        with p.open("rb") as f:
+            raw = f.read(MAX_DATA_BYTES + 1)
     except FileNotFoundError:
         raise DataError(f"data file not found: {p}") from None
     except IsADirectoryError:
         raise DataError(f"data path is a directory, not a file: {p}") from None
     except OSError as exc:
         raise DataError(f"cannot read data file {p}: {exc.strerror}") from None
+    if len(raw) > MAX_DATA_BYTES:
+        raise DataError(f"data file {p} is larger than {MAX_DATA_BYTES // 2**20} MiB; a file of "
+                        "words for a character model is far smaller")
     if b"\x00" in raw:
         raise DataError(f"data file {p} looks binary (it contains NUL bytes)")
     try:
@@ -119,6 +130,10 @@ def read_words(path: str | Path | None = None) -> list[str]:
         raise DataError(f"data file {p} is not UTF-8 (bad byte at offset {exc.start})") from None
     words = [w.strip() for w in text.splitlines()]
     words = [w for w in words if w]
+    long = next((i for i, w in enumerate(words) if len(w) > MAX_WORD_CHARS), None)
+    if long is not None:
+        raise DataError(f"data file {p}: word {long + 1} is {len(words[long]):,} characters long "
+                        f"(at most {MAX_WORD_CHARS:,}); the file should hold one word per line")
     if not words:
         raise DataError(f"data file {p} has no words (it is empty or only blank lines)")
     bad = [w for w in words if BOUNDARY in w]

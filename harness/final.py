@@ -1,25 +1,31 @@
 """The final model: chosen on dev among the best trials, then evaluated once on the test split.
 
-1. Candidates: the `finalize.top_k` best complete trials (by best dev loss), distinct configs.
-2. Each is retrained with the same `train` function on fresh seeds 1..`finalize.seeds`, for
-   `finalize.steps` (or as many steps as fit in `finalize.minutes` at the speed its trial
-   measured); the candidate with the lowest *mean* dev loss wins, so one lucky seed
-   cannot.
-3. Only then is the test split read: the winner's models (one per seed) are evaluated on it.
-4. The result goes to the study's records (an Optuna study attribute), a final MLflow run under
-   the study's parent run, and `final.json` and `model.pt` in the study's folder.
+`finalize` runs in phases, each a function below:
+
+1. claim: one process at a time finalizes a study, by a claim in the study's storage, and a
+   study already finalized is refused unless forced;
+2. candidates: the `finalize.top_k` best complete trials (by best dev loss), distinct configs;
+3. retrain: each candidate with the same `train` function on fresh seeds 1..`finalize.seeds`,
+   for `finalize.steps` (or as many steps as fit in `finalize.minutes` at the speed its trial
+   measured), here or in spawned processes;
+4. choose: the candidate with the lowest *mean* dev loss, so one lucky seed cannot win;
+5. test: only then is the test split read, for the chosen models; each evaluation is counted
+   in the storage before it happens;
+6. record: `FinalResult` in the study's storage, a final MLflow run under the study's run, and
+   `final.json` and `model.pt` in the study's folder.
 
 This module is the only caller of `harness.data.load_test_examples`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,41 +34,98 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from harness import paths, plots
+from harness import paths, plots, storage, trials
 from harness.coordinator import threads_per_worker
 from harness.data import load_search_data, load_test_examples, training_words
+from harness.events import FinalizeObserver
 from harness.hparams import HParams
 from harness.model import MLP, load_model, mean_loss, n_params, sample_words, save_model
 from harness.spec import StudySpec
 from harness.study import load_study, open_tracker
 from harness.tracking import FAILED, FINISHED
-from harness.train import Evaluation, train
+from harness.train import train
 
 log = logging.getLogger(__name__)
 
-RECORD_ATTR = "final"  # the study attribute that holds the final result
+TEST_COUNTER = "test-evaluation"  # storage counter: one number per evaluation of the test split
+FINALIZE_CLAIM = "finalize"
 
 
 class AlreadyFinalized(RuntimeError):
-    """The study's test split was already evaluated; `record` is that result."""
+    """The study's test split was already evaluated (or another process is finalizing it)."""
 
-    def __init__(self, record: dict[str, Any]) -> None:
-        super().__init__(
-            f"study {record['study']!r} was already finalized on {record['finished_at']}: test "
-            f"loss {record['test_mean']:.4f} +- {record['test_std']:.4f} (trial "
-            f"{record['chosen_trial']}). The test split is evaluated once; use --force to "
-            "evaluate it again (the record will show it)."
-        )
-        self.record = record
+    def __init__(self, message: str, result: FinalResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class NothingToFinalize(RuntimeError):
     """The study has no complete trial to choose from, or no final model yet."""
 
 
+@dataclass(frozen=True)
+class CandidateResult:
+    """One candidate config retrained on every seed."""
+
+    trial: int
+    config: dict[str, Any]
+    steps: int
+    dev_losses: tuple[float, ...]
+    dev_mean: float
+    dev_std: float
+
+
+@dataclass(frozen=True)
+class FinalResult:
+    """What finalize found: the chosen config, its dev and test losses per seed, the model.
+    `final.json` is its JSON form (`to_dict`/`from_dict`)."""
+
+    study: str
+    chosen_trial: int
+    config: dict[str, Any]  # the saved model's config (its seed is model_seed)
+    seeds: tuple[int, ...]
+    steps: int
+    dev_losses: tuple[float, ...]
+    dev_mean: float
+    dev_std: float
+    test_losses: tuple[float, ...]
+    test_mean: float
+    test_std: float
+    model_seed: int
+    model_test_loss: float
+    n_params: int
+    candidates: tuple[CandidateResult, ...]
+    samples: tuple[str, ...]
+    novel_share: float | None  # share of the samples that are not training words
+    model_path: str
+    test_evaluations: int  # times the study's test split was evaluated, this one included
+    started_at: str
+    finished_at: str
+    mlflow_run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FinalResult:
+        d = dict(d)
+        d["candidates"] = tuple(CandidateResult(**{**c, "dev_losses": tuple(c["dev_losses"])})
+                                for c in d["candidates"])
+        for key in ("seeds", "dev_losses", "test_losses", "samples"):
+            d[key] = tuple(d[key])
+        return cls(**d)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> FinalResult:
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
 @dataclass
 class Candidate:
-    """One config retrained on several seeds; its dev losses decide."""
+    """One config being retrained on several seeds; its dev losses decide."""
 
     trial: int
     hparams: HParams
@@ -75,9 +138,20 @@ class Candidate:
     def dev_mean(self) -> float:
         return mean_std(self.dev_losses)[0]
 
-    @property
-    def dev_std(self) -> float:
-        return mean_std(self.dev_losses)[1]
+    def result(self) -> CandidateResult:
+        mean, std = mean_std(self.dev_losses)
+        return CandidateResult(self.trial, self.hparams.to_dict(), self.steps,
+                               tuple(self.dev_losses), mean, std)
+
+
+@dataclass(frozen=True)
+class Retraining:
+    """One candidate on one seed: a unit of work of phase 3."""
+
+    candidate: int  # index into the candidates
+    trial: int
+    seed: int
+    steps: int
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -85,18 +159,65 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+# ---------------------------------------------------------------------------------------------
+# The phases
+
+
+def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", workers: int = 1,
+             observer: FinalizeObserver | None = None) -> FinalResult:
+    """Choose the final config on dev, evaluate it once on test, save and record it.
+
+    Raises AlreadyFinalized when the study was finalized (unless `force`) or another process
+    is finalizing it, and NothingToFinalize when it has no complete trial.
+    """
+    study = load_study(spec)
+    started = time.time()
+    pool = candidates(study, spec.finalize.top_k)
+    if not pool:
+        raise NothingToFinalize(f"study {spec.name!r} has no complete trial to finalize")
+    _claim(study, force)
+    for cand in pool:
+        cand.steps = plan_steps(cand, spec)
+    seeds = list(range(1, spec.finalize.seeds + 1))
+    retrain(spec, pool, seeds, device=device, workers=workers, observer=observer)
+    chosen = min(pool, key=lambda c: c.dev_mean)
+    test_losses, evaluations = evaluate_test(study, spec, chosen)
+    return record(spec, study, pool, chosen, seeds, test_losses, evaluations, started)
+
+
+def _claim(study: optuna.Study, force: bool) -> None:
+    """Phase 1: exactly one process goes on (a claim in the storage), and a finalized study
+    only when forced."""
+    done = storage.count(study, TEST_COUNTER)
+    previous = storage.read_final(study)
+    result = FinalResult.from_dict(previous) if previous else None
+    if done and not force:
+        what = (f"test loss {result.test_mean:.4f} +- {result.test_std:.4f} (trial "
+                f"{result.chosen_trial}), on {result.finished_at}" if result else
+                "its finalize did not record a result")
+        raise AlreadyFinalized(
+            f"study {study.study_name!r} was already finalized: {what}. The test split is "
+            "evaluated once; use --force to evaluate it again (the record counts it).", result)
+    if force:
+        storage.next_number(study, FINALIZE_CLAIM)  # forced: a claim of its own
+    elif not storage.claim(study, f"{FINALIZE_CLAIM}.0"):
+        raise AlreadyFinalized(
+            f"study {study.study_name!r} is being finalized by another process (or one died "
+            "while finalizing it: then use --force)")
+
+
 def candidates(study: optuna.Study, top_k: int) -> list[Candidate]:
-    """The best `top_k` complete trials with distinct configs (the seed aside)."""
-    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
-                      key=lambda t: t.value)
+    """Phase 2: the best `top_k` complete trials with distinct configs (the seed aside)."""
+    complete = sorted((r for r in trials.records(study) if r.state == TrialState.COMPLETE),
+                      key=lambda r: r.value)
     out: list[Candidate] = []
     seen: set[tuple] = set()
-    for t in complete:
-        config = {k: v for k, v in t.user_attrs["config"].items() if k != "seed"}
+    for r in complete:
+        config = {k: v for k, v in r.hparams.items() if k != "seed"}
         key = tuple(sorted(config.items()))
         if key not in seen:
             seen.add(key)
-            out.append(Candidate(t.number, HParams(**config), t.user_attrs.get("steps_per_sec")))
+            out.append(Candidate(r.number, HParams(**config), r.steps_per_sec))
         if len(out) == top_k:
             break
     return out
@@ -114,165 +235,151 @@ def plan_steps(cand: Candidate, spec: StudySpec) -> int:
     return max(every, min(fit, f.steps) if f.steps else fit)
 
 
-def _retrain(hp: HParams, data_cfg: Any, steps: int, eval_every: int, device: str,
-             threads: int) -> tuple[float, dict[str, Any]]:
-    """One candidate on one seed, in a worker process: its best dev loss and weights."""
+def retrain(spec: StudySpec, pool: list[Candidate], seeds: Sequence[int], *, device: str,
+            workers: int, observer: FinalizeObserver | None) -> None:
+    """Phase 3: every candidate on every seed, here or on `workers` spawned processes; each
+    candidate gets its dev losses and models, in seed order."""
+    jobs = [Retraining(i, c.trial, seed, c.steps) for i, c in enumerate(pool) for seed in seeds]
+    processes = min(workers, len(jobs))
+    if observer:
+        observer.retrainings_planned(jobs, processes)
+    if processes <= 1:
+        done = _retrain_here(spec, pool, jobs, device, observer)
+    else:
+        done = _retrain_spawned(spec, pool, jobs, device, processes, observer)
+    for job in jobs:
+        dev, model = done[job]
+        pool[job.candidate].dev_losses.append(dev)
+        pool[job.candidate].models.append(model)
+
+
+def _seeded(cand: Candidate, seed: int) -> HParams:
+    return dataclasses.replace(cand.hparams, seed=seed)
+
+
+def _retrain_here(spec: StudySpec, pool: list[Candidate], jobs: list[Retraining], device: str,
+                  observer: FinalizeObserver | None) -> dict[Retraining, tuple[float, MLP]]:
+    done: dict[Retraining, tuple[float, MLP]] = {}
+    for job in jobs:
+        hp = _seeded(pool[job.candidate], job.seed)
+
+        def on_eval(ev: Any, job: Retraining = job) -> None:
+            if observer:
+                observer.retraining_evaluated(job, ev.step, ev.dev_loss)
+
+        result = train(hp, load_search_data(spec.data, hp.context_length), steps=job.steps,
+                       eval_every=spec.budget.eval_every, on_eval=on_eval, device=device)
+        done[job] = result.best_dev_loss, result.model
+        if observer:
+            observer.retraining_done(job, result.best_dev_loss, len(done), len(jobs))
+    return done
+
+
+def _retrain_spawned(spec: StudySpec, pool: list[Candidate], jobs: list[Retraining],
+                     device: str, processes: int, observer: FinalizeObserver | None,
+                     ) -> dict[Retraining, tuple[float, MLP]]:
+    threads = threads_per_worker(spec, processes)
+    done: dict[Retraining, tuple[float, MLP]] = {}
+    ctx = multiprocessing.get_context("spawn")  # never fork a process with torch threads
+    with ProcessPoolExecutor(max_workers=processes, mp_context=ctx) as ex:
+        futures = {ex.submit(_retrain_one, _seeded(pool[job.candidate], job.seed), spec,
+                             job.steps, device, threads): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            dev, state = future.result()
+            hp = _seeded(pool[job.candidate], job.seed)
+            model = MLP.from_hparams(hp, len(load_search_data(spec.data,
+                                                              hp.context_length).vocab))
+            model.load_state_dict(state)
+            done[job] = dev, model.eval()
+            if observer:
+                observer.retraining_done(job, dev, len(done), len(jobs))
+    return done
+
+
+def _retrain_one(hp: HParams, spec: StudySpec, steps: int, device: str,
+                 threads: int) -> tuple[float, dict[str, Any]]:
+    """One retraining in a spawned process: its best dev loss and weights."""
     import torch
 
     torch.set_num_threads(threads)
-    result = train(hp, load_search_data(data_cfg, hp.context_length), steps=steps,
-                   eval_every=eval_every, device=device)
+    result = train(hp, load_search_data(spec.data, hp.context_length), steps=steps,
+                   eval_every=spec.budget.eval_every, device=device)
     return result.best_dev_loss, {k: v.cpu() for k, v in result.model.state_dict().items()}
 
 
-def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", workers: int = 1,
-             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Choose the final config on dev, evaluate it once on test, save and record it.
-
-    The candidate x seed retrainings run in this process, or spread over `workers` spawned
-    processes (one torch thread each on CPU). Raises AlreadyFinalized when the study has a
-    final record and `force` is False, and NothingToFinalize when it has no complete trial.
-    """
-    study = load_study(spec)
-    previous = study.user_attrs.get(RECORD_ATTR)
-    if previous and not force:
-        raise AlreadyFinalized(previous)
-    pool = candidates(study, spec.finalize.top_k)
-    if not pool:
-        raise NothingToFinalize(f"study {spec.name!r} has no complete trial to finalize")
-    say = progress or (lambda message: log.info("%s", message))
-    for cand in pool:
-        cand.steps = plan_steps(cand, spec)
-    seeds = list(range(1, spec.finalize.seeds + 1))
-    started = time.time()
-
-    # 1-2. Retrain every candidate on every seed; choose by mean dev loss.
-    jobs = {(i, seed): HParams(**{**cand.hparams.to_dict(), "seed": seed})
-            for i, cand in enumerate(pool) for seed in seeds}
-    done: dict[tuple[int, int], tuple[float, MLP]] = {}
-    if workers <= 1:
-        for (i, seed), hp in jobs.items():
-            def on_eval(ev: Evaluation, i: int = i, seed: int = seed) -> None:
-                say(f"candidate {i + 1}/{len(pool)} (trial {pool[i].trial}), seed {seed}: "
-                    f"step {ev.step}/{pool[i].steps}, dev {ev.dev_loss:.4f}")
-
-            result = train(hp, load_search_data(spec.data, hp.context_length),
-                           steps=pool[i].steps,
-                           eval_every=spec.budget.eval_every, on_eval=on_eval, device=device)
-            done[i, seed] = result.best_dev_loss, result.model
-    else:
-        threads = threads_per_worker(spec, workers)
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as ex:
-            futures = {ex.submit(_retrain, hp, spec.data, pool[key[0]].steps,
-                                 spec.budget.eval_every, device, threads): key
-                       for key, hp in jobs.items()}
-            say(f"{len(jobs)} retrainings on {min(workers, len(jobs))} processes, "
-                + ", ".join(f"trial {c.trial}: {c.steps} steps" for c in pool))
-            for future in as_completed(futures):
-                (i, seed), (dev, state) = futures[future], future.result()
-                vocab = load_search_data(spec.data, jobs[i, seed].context_length).vocab
-                model = MLP.from_hparams(jobs[i, seed], len(vocab))
-                model.load_state_dict(state)
-                done[i, seed] = dev, model.eval()
-                say(f"{len(done)}/{len(jobs)} done: candidate {i + 1} (trial {pool[i].trial}), "
-                    f"seed {seed}: dev {dev:.4f}")
-    for i, cand in enumerate(pool):
-        for seed in seeds:
-            dev, model = done[i, seed]
-            cand.dev_losses.append(dev)
-            cand.models.append(model)
-        say(f"candidate {i + 1}/{len(pool)} (trial {cand.trial}): dev {cand.dev_mean:.4f} "
-            f"+- {cand.dev_std:.4f} over {len(seeds)} seeds")
-    chosen = min(pool, key=lambda c: c.dev_mean)
-
-    # 3. The test split, read here and nowhere else, once the choice is made.
+def evaluate_test(study: optuna.Study, spec: StudySpec,
+                  chosen: Candidate) -> tuple[list[float], int]:
+    """Phase 5: the chosen models' losses on the test split, read here and nowhere else. The
+    evaluation is counted in the storage first; returns the losses and that count."""
+    evaluations = storage.next_number(study, TEST_COUNTER) + 1
     test = load_test_examples(spec.data, chosen.hparams.context_length)
-    test_losses = [mean_loss(m, test.X.to(_device(m)), test.Y.to(_device(m)))
-                   for m in chosen.models]
-    test_mean, test_std = mean_std(test_losses)
+    losses = []
+    for model in chosen.models:
+        device = next(model.parameters()).device
+        losses.append(mean_loss(model, test.X.to(device), test.Y.to(device)))
+    return losses, evaluations
 
-    # 4. Keep the seed with the best dev loss as the model; record everything.
-    best_seed = min(range(len(seeds)), key=lambda j: chosen.dev_losses[j])
-    model = chosen.models[best_seed]
-    model_hp = HParams(**{**chosen.hparams.to_dict(), "seed": seeds[best_seed]})
+
+def record(spec: StudySpec, study: optuna.Study, pool: list[Candidate], chosen: Candidate,
+           seeds: list[int], test_losses: list[float], evaluations: int,
+           started: float) -> FinalResult:
+    """Phase 6: save the model (the chosen config's best seed), sample names, and record the
+    result in the storage, in MLflow and in final.json."""
+    best = min(range(len(seeds)), key=lambda j: chosen.dev_losses[j])
+    model, model_hp = chosen.models[best], _seeded(chosen, seeds[best])
     itos = load_search_data(spec.data, model_hp.context_length).vocab.itos
     out_dir = paths.study_dir(spec.name)
     model_path = out_dir / "model.pt"
     save_model(model_path, model, model_hp, itos)
-
-    train_words = training_words(spec.data)
-    n = spec.finalize.samples
-    names = sample_words(model, itos, n, seed=0) if n else []
-    novel = sum(n not in train_words for n in names) / len(names) if names else None
-
-    record: dict[str, Any] = {
-        "study": spec.name,
-        "chosen_trial": chosen.trial,
-        "config": model_hp.to_dict(),
-        "seeds": seeds,
-        "steps": chosen.steps,
-        "dev_losses": chosen.dev_losses,
-        "dev_mean": chosen.dev_mean,
-        "dev_std": chosen.dev_std,
-        "test_losses": test_losses,
-        "test_mean": test_mean,
-        "test_std": test_std,
-        "model_seed": seeds[best_seed],
-        "model_test_loss": test_losses[best_seed],
-        "n_params": n_params(model),
-        "candidates": [{"trial": c.trial, "steps": c.steps, "dev_losses": c.dev_losses,
-                        "dev_mean": c.dev_mean, "dev_std": c.dev_std,
-                        "config": c.hparams.to_dict()} for c in pool],
-        "samples": names,
-        "novel_share": novel,
-        "model_path": str(model_path),
-        "test_evaluations": (previous or {}).get("test_evaluations", 0) + 1,
-        "previous": [*(previous or {}).get("previous", []),
-                     *([_strip_history(previous)] if previous else [])],
-        "started_at": _iso(started),
-        "finished_at": _iso(time.time()),
-    }
+    names = sample_words(model, itos, spec.finalize.samples, seed=0) if spec.finalize.samples \
+        else []
+    known = training_words(spec.data)
+    dev_mean, dev_std = mean_std(chosen.dev_losses)
+    test_mean, test_std = mean_std(test_losses)
+    result = FinalResult(
+        study=spec.name, chosen_trial=chosen.trial, config=model_hp.to_dict(),
+        seeds=tuple(seeds), steps=chosen.steps, dev_losses=tuple(chosen.dev_losses),
+        dev_mean=dev_mean, dev_std=dev_std, test_losses=tuple(test_losses),
+        test_mean=test_mean, test_std=test_std, model_seed=seeds[best],
+        model_test_loss=test_losses[best], n_params=n_params(model),
+        candidates=tuple(c.result() for c in pool), samples=tuple(names),
+        novel_share=sum(n not in known for n in names) / len(names) if names else None,
+        model_path=str(model_path), test_evaluations=evaluations,
+        started_at=_iso(started), finished_at=_iso(time.time()))
     figure = plots.embeddings(model.embedding.weight, itos, out_dir / "plots" / "embeddings.png")
-    record["mlflow_run_id"] = _track(spec, study, record, [model_path, figure])
-    study.set_user_attr(RECORD_ATTR, record)
-    (out_dir / "final.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return record
-
-
-def _device(model: MLP) -> Any:
-    return next(model.parameters()).device
+    result = dataclasses.replace(result, mlflow_run_id=_track(spec, study, result,
+                                                              [model_path, figure]))
+    storage.write_final(study, result.to_dict())
+    result.save(out_dir / "final.json")
+    return result
 
 
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
 
-def _strip_history(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k != "previous"}
-
-
-def _track(spec: StudySpec, study: optuna.Study, record: dict[str, Any],
+def _track(spec: StudySpec, study: optuna.Study, result: FinalResult,
            files: Sequence[Path]) -> str:
     """The final MLflow run, nested under the study's parent run, with `files` as artifacts."""
     tracker = open_tracker(spec)
-    parent = study.user_attrs.get("mlflow_parent_run_id") or tracker.study_run(spec.name, "")
+    parent = storage.wait_for_record(study).parent_run_id
     run = tracker.start_run(parent, spec.name, "final", "final model",
-                            {"chosen_trial": record["chosen_trial"], **record["config"]},
+                            {"chosen_trial": result.chosen_trial, **result.config},
                             {"harness.stage": "final",
-                             "harness.test_evaluations": str(record["test_evaluations"])})
+                             "harness.test_evaluations": str(result.test_evaluations)})
     try:
-        for j, (dev, test) in enumerate(zip(record["dev_losses"], record["test_losses"],
-                                            strict=True)):
+        for j, (dev, test) in enumerate(zip(result.dev_losses, result.test_losses, strict=True)):
             run.log_metrics({"seed_dev_loss": dev, "seed_test_loss": test}, step=j)
-        run.log_text(json.dumps(record, indent=2), "final.json")
-        run.log_text("\n".join(record["samples"]) + "\n", "samples.txt")
+        run.log_text(json.dumps(result.to_dict(), indent=2), "final.json")
+        run.log_text("\n".join(result.samples) + "\n", "samples.txt")
         for path in files:
             run.log_artifact(path)
-        figures = {k: record[k] for k in ("dev_mean", "dev_std", "test_mean", "test_std",
-                                          "n_params", "test_evaluations")}
-        if record["novel_share"] is not None:
-            figures["novel_share"] = record["novel_share"]
+        figures = {"dev_mean": result.dev_mean, "dev_std": result.dev_std,
+                   "test_mean": result.test_mean, "test_std": result.test_std,
+                   "n_params": result.n_params, "test_evaluations": result.test_evaluations}
+        if result.novel_share is not None:
+            figures["novel_share"] = result.novel_share
         run.finish(FINISHED, figures)
     except BaseException:
         run.finish(FAILED)

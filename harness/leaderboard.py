@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 import pandas as pd
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from harness import hparams
-from harness.study import search_trials
+from harness.trials import TrialRecord, search_records
 
 _STATE_ORDER = {"COMPLETE": 0, "REFERENCE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3,
                 "WAITING": 4}
@@ -27,36 +28,26 @@ LAST_COLUMNS = ["n_params", "steps", "steps_per_sec", "duration_s", "worker", "m
 COLUMNS = FIRST_COLUMNS + list(hparams.NAMES) + LAST_COLUMNS
 
 
-def _row(t: FrozenTrial) -> dict[str, Any]:
-    attrs = t.user_attrs
-    intermediate = t.intermediate_values
-    last_dev = intermediate[max(intermediate)] if intermediate else None
-    best_dev = t.value if t.state == TrialState.COMPLETE else attrs.get("best_dev_loss")
-    if best_dev is None and intermediate:
-        best_dev = min(intermediate.values())
-    best_step = attrs.get("best_step")
-    if best_step is None and intermediate:
-        best_step = min(intermediate, key=intermediate.__getitem__)
-    duration = None
-    if t.datetime_start and t.datetime_complete:
-        duration = (t.datetime_complete - t.datetime_start).total_seconds()
-    # Every hyperparameter: the full config the trial trained with, else what Optuna knows.
-    config = attrs.get("config") or t.params
+def _row(r: TrialRecord) -> dict[str, Any]:
+    last_dev = r.intermediate[max(r.intermediate)] if r.intermediate else None
+    best_step = r.best_step
+    if best_step is None and r.intermediate:
+        best_step = min(r.intermediate, key=r.intermediate.__getitem__)
     return {
-        "trial": t.number,
-        "state": t.state.name,
+        "trial": r.number,
+        "state": r.state.name,
         "model": "mlp",
-        "best_dev_loss": best_dev,
+        "best_dev_loss": r.best,
         "best_step": best_step,
         "last_dev_loss": last_dev,
-        **{name: config.get(name) for name in hparams.NAMES},
-        "n_params": attrs.get("n_params"),
-        "steps": attrs.get("steps"),
-        "steps_per_sec": attrs.get("steps_per_sec"),
-        "duration_s": duration,
-        "worker": attrs.get("worker"),
-        "mlflow_run_id": attrs.get("mlflow_run_id"),
-        "fail_reason": attrs.get("fail_reason"),
+        **{name: r.hparams.get(name) for name in hparams.NAMES},
+        "n_params": r.n_params,
+        "steps": r.steps,
+        "steps_per_sec": r.steps_per_sec,
+        "duration_s": r.duration_s,
+        "worker": r.worker,
+        "mlflow_run_id": r.mlflow_run_id,
+        "fail_reason": r.fail_reason,
     }
 
 
@@ -66,8 +57,7 @@ def build(study: optuna.Study, references: Sequence[Any] = ()) -> pd.DataFrame:
     `references` (harness.baseline.BaselineResult) are placed among the complete trials by
     their dev loss, unranked, with state REFERENCE.
     """
-    trials = search_trials(study)
-    rows = [_row(t) for t in trials]
+    rows = [_row(r) for r in search_records(study)]
     rows += [{"state": "REFERENCE", "model": r.model, "best_dev_loss": r.dev_loss}
              for r in references]
     df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "rank"])
@@ -157,3 +147,41 @@ def to_markdown(df: pd.DataFrame, columns: Sequence[str], top: int | None = None
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for _, r in rows.iterrows()]
     return "\n".join(lines)
+
+
+def first_ranked(df: pd.DataFrame, n: int | None) -> pd.DataFrame:
+    """The rows down to the `n`-th ranked trial, reference rows among them kept."""
+    if not n:
+        return df
+    ranked = df.index[df["rank"].notna()][:n]
+    return df.loc[: ranked[-1]] if len(ranked) else df.head(0)
+
+
+@dataclass(frozen=True)
+class Board:
+    """One study's leaderboard and what to say about it."""
+
+    name: str
+    table: pd.DataFrame
+    searched: Sequence[str]  # the study's searched parameters
+    notes: Sequence[str]  # edge flags: ranges to widen
+
+
+def board(name: str, study: optuna.Study, searched: Sequence[str],
+          references: Sequence[Any] = ()) -> Board:
+    """A study's leaderboard, its searched parameters and its edge flags."""
+    return Board(name, build(study, references), tuple(searched),
+                 tuple(f"{name}: {v}" for v in edge_flags(study).values()))
+
+
+def render(boards: Sequence[Board], fmt: str = "csv", n: int | None = None) -> str:
+    """One table of one or several studies (a study column then), as CSV or Markdown (the
+    ranking columns and the searched parameters only), down to the `n`-th ranked trial."""
+    df = combine({b.name: b.table for b in boards}) if len(boards) > 1 else boards[0].table
+    df = first_ranked(df, n)
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    searched = list(dict.fromkeys(p for b in boards for p in b.searched))
+    columns = ["rank", "study", "trial", "state", "model", "best_dev_loss", "best_step",
+               *[p for p in searched if p not in FIRST_COLUMNS], "n_params", "duration_s"]
+    return to_markdown(df, columns) + "\n"

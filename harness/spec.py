@@ -23,7 +23,7 @@ A study file has these top-level keys (all but `search` optional)::
     storage: null                     # default: embedded journal file under mlruns/
     tracking: {uri: null, experiment: null}
     finalize: {enabled: true, top_k: 3, seeds: 3, steps: null, minutes: null, samples: 20}
-    workers: {count: 1, per_gpu: 1, threads: null, max_retry: 2, heartbeat_s: 10}
+    workers: {count: 1, per_gpu: 1, threads: null, max_retry: 2, heartbeat_s: 60}
 """
 
 from __future__ import annotations
@@ -137,7 +137,9 @@ class WorkersSpec:
     per_gpu: int = 1  # with a CUDA device: worker r uses GPU (r // per_gpu) % n_gpus
     threads: int | None = None  # torch threads per worker; None: CPU cores // count, at least 1
     max_retry: int = 2  # a trial whose worker died or was interrupted is re-queued this often
-    heartbeat_s: int = 10  # RDB storages: heartbeat interval; stale after 3 missed beats
+    # Database storages: the heartbeat interval; a trial is stale after 2 intervals without one
+    # (Optuna's documented 60 s / 120 s: shorter fails live trials on a busy machine).
+    heartbeat_s: int = 60
 
 
 @dataclass(frozen=True)

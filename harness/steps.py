@@ -35,8 +35,8 @@ STEP_KINDS = ("manual", "autograd", "graphed")
 
 # hp.precision -> the dtype of the training step's matrix products. bf16 keeps fp32 weights,
 # optimizer state, tanh and softmax; on CPUs with AVX512-BF16 or AMX (and on GPU tensor cores)
-# its products run about 4x faster (measured here: a 256x555 @ 555x506 product 344 us against
-# 1,487 us), which pays once the layers are a few hundred wide.
+# its products run several times faster than fp32's, which pays once the layers are a few
+# hundred wide (figures measured on one machine: studies/RESULTS.md).
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 # A learning rate: a number, or a 0-dim tensor on the model's device (what a graph reads).
@@ -53,9 +53,9 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 
 
 def _tanh(z: torch.Tensor) -> torch.Tensor:
-    """tanh(z) as 2 sigmoid(2z) - 1, overwriting z (a fresh product). torch's CPU tanh is about
-    ten times slower than its sigmoid (measured here: 309 us against 31 us on 256 x 506), and
-    took an eighth of a wide bf16 step; the two agree to 2e-7."""
+    """tanh(z) as 2 sigmoid(2z) - 1, overwriting z (a fresh product): torch's CPU tanh can be
+    far slower than its sigmoid (an order of magnitude on the machine of bench/RESULTS.md);
+    the two agree to 2e-7."""
     return torch.sigmoid(z.mul_(2)).mul_(2).sub_(1)
 
 
@@ -92,7 +92,8 @@ def cpu_has_fast_bf16() -> bool | None:
 
 
 def make_step(kind: str, model: MLP, hp: HParams) -> Step:
-    """A step function of `kind` ("manual" or "autograd") for `model`."""
+    """A step function of `kind` for `model`: "manual" (the hand-written backward),
+    "autograd" (the reference) or "graphed" (manual, replayed as a CUDA graph on a GPU)."""
     if hp.precision == "bf16" and not model.output.weight.is_cuda and cpu_has_fast_bf16() is False:
         _warn_once("precision bf16: this CPU has no AVX512-BF16 or AMX, so bf16 products are "
                    "emulated and likely slower than fp32; consider precision: fp32")

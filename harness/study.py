@@ -1,103 +1,64 @@
-"""The Optuna study: storage, sampler, pruner, the objective, and one worker's trial loop.
+"""The Optuna study: creating or joining it, the objective, and one worker's trial loop.
 
 Each trial: suggest hyperparameters from the spec's space -> train() with a callback that logs to
-MLflow and reports to the pruner -> its state and figures stored in Optuna and MLflow. A trial
-whose worker died (or was interrupted) is failed and re-queued, recorded the way Optuna's
-RetryHeartbeatStaleTrialCallback records it, and does not count against budget.n_trials.
-This module never touches the test split: workers run with it sealed.
+MLflow and reports to the pruner -> its state and figures stored in Optuna (a TrialRecord) and
+MLflow. A trial whose worker died, was interrupted, or lost its tracking server is failed and
+re-queued, and does not count against budget.n_trials. This module never touches the test
+split: workers run with it sealed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
-import socket
 import time
+import uuid
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from harness import hparams, paths
+from harness import hparams, storage, trials
 from harness.data import DataError, load_search_data, sealed_test_split, summarize
+from harness.events import SearchObserver
 from harness.redact import redact
-from harness.spec import (
-    CategoricalParam,
-    FloatParam,
-    IntParam,
-    Param,
-    StudySpec,
-    iter_params,
-)
-from harness.tracking import FAILED, FINISHED, KILLED, Tracker, check_reachable
+from harness.samplers import build_pruner, build_sampler
+from harness.spec import CategoricalParam, FloatParam, IntParam, Param, StudySpec, iter_params
+from harness.storage import StudyNotFound, StudyRecord
+from harness.tracking import FAILED, FINISHED, KILLED, Tracker, TrackingError, check_reachable
 from harness.train import Evaluation, TrainingDiverged, train
+from harness.trials import TrialRecord
 
 log = logging.getLogger(__name__)
 
 # Faults that fail one trial, and the study goes on.
 TRIAL_FAULTS = (TrainingDiverged, torch.cuda.OutOfMemoryError)
-
-# Trials that use up the budget: n_trials counts these, across resumes.
-COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-# Marks a trial that a worker started when the other workers had already started the last of
-# n_trials (both saw one left): it ends at once, pruned before any training, and is not counted.
-SURPLUS_ATTR = "surplus"
+# Faults of the worker's surroundings, not of the trial: its trial is re-queued, the worker stops.
+REQUEUED_FAULTS = (KeyboardInterrupt, TrackingError)
 
 
-class StudyNotFound(LookupError):
-    """The study file's study has not been run yet (nothing in its storage)."""
+class TrialLost(RuntimeError):
+    """Another process failed this worker's trial while it trained (a stale heartbeat)."""
 
 
-class StorageError(RuntimeError):
-    """The Optuna storage cannot be opened (unreachable or misspelled URL)."""
-
-
-class SearchObserver(Protocol):
-    """Receives progress events (the CLI draws a progress display from them)."""
-
-    def trial_started(self, number: int, params: Mapping[str, Any]) -> None: ...
-
-    def evaluated(self, number: int, step: int, steps: int, dev_loss: float) -> None: ...
-
-    def trial_finished(self, trial: FrozenTrial, done: int, total: int,
-                       best: float | None) -> None: ...
+class BudgetConflict(ValueError):
+    """A joining worker was given a budget that differs from the one recorded in the study."""
 
 
 # ---------------------------------------------------------------------------------------------
-# Storage, sampler, pruner
+# Opening the study's stores
 
 
-def open_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
-    """The study's storage: `spec.storage` (a database URL) or the embedded journal file.
-
-    A database storage gets Optuna's heartbeats: a trial whose worker stops beating is failed
-    and re-queued by the next worker that starts a trial.
-    """
-    if spec.storage:
-        beat = spec.workers.heartbeat_s
-        try:
-            with warnings.catch_warnings():  # heartbeats and the retry callback: "experimental"
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    spec.storage, heartbeat_interval=beat, grace_period=3 * beat,
-                    heartbeat_stale_trial_callback=_RetryStale(spec),
-                )
-        except Exception as exc:  # SQLAlchemy raises many kinds for a bad or dead URL
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            raise StorageError(f"cannot open the Optuna storage {redact(spec.storage)}: "
-                               f"{redact(reason)}") from None
-    path = paths.journal_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The journal file is safe for several processes on one machine (file lock), unlike SQLite.
-    lock = optuna.storages.journal.JournalFileOpenLock(str(path))
-    backend = optuna.storages.journal.JournalFileBackend(str(path), lock_obj=lock)
-    return optuna.storages.JournalStorage(backend)
+def open_study_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
+    """The study's storage; a database one re-queues the trials of workers that stop beating."""
+    return storage.open_storage(spec.storage, heartbeat_s=spec.workers.heartbeat_s,
+                                on_stale=_RetryStale(spec))
 
 
 def open_tracker(spec: StudySpec) -> Tracker:
@@ -105,272 +66,30 @@ def open_tracker(spec: StudySpec) -> Tracker:
     return Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name)
 
 
-def build_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded with its base seed + `seed_offset`."""
-    opts = dict(spec.sampler.options)
-    seed = opts.pop("seed") + seed_offset
-    kind = spec.sampler.type
-    if kind == "tpe":
-        has_conditional = any(isinstance(p, CategoricalParam) and p.conditional
-                              for p in iter_params(spec.search))
-        opts.setdefault("multivariate", True)
-        opts.setdefault("group", has_conditional and opts["multivariate"])
-        with warnings.catch_warnings():  # `group` is marked experimental; it is what we want
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, **opts)
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if kind == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, **opts)
-    if kind == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, **opts)
-    if kind == "grid":
-        return optuna.samplers.GridSampler(grid_space(spec.search), seed=seed)
-    raise ValueError(f"unknown sampler {kind!r}")
-
-
-def grid_space(space: Sequence[Param]) -> dict[str, list[Any]]:
-    """Every value of each parameter, for the grid sampler (floats need a step)."""
-    out: dict[str, list[Any]] = {}
-    for p in space:
-        if isinstance(p, CategoricalParam):
-            out[p.name] = list(p.choices)
-        elif isinstance(p, IntParam):
-            out[p.name] = list(range(p.low, p.high + 1, p.step))
-        else:
-            assert p.step is not None
-            n = int(round((p.high - p.low) / p.step)) + 1
-            out[p.name] = [float(v) for v in np.round(p.low + p.step * np.arange(n), 12)]
-    return out
-
-
-def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """The spec's pruner; its resource is optimizer steps."""
-    opts = dict(spec.pruner.options)
-    kind = spec.pruner.type
-    if kind == "none":
-        return optuna.pruners.NopPruner()
-    if kind == "median":
-        return optuna.pruners.MedianPruner(**opts)
-    if kind == "successive_halving":
-        opts.setdefault("min_resource", spec.budget.eval_every)
-        return optuna.pruners.SuccessiveHalvingPruner(**opts)
-    if kind == "hyperband":
-        opts.setdefault("min_resource", spec.budget.eval_every)
-        return optuna.pruners.HyperbandPruner(max_resource=spec.budget.steps, **opts)
-    raise ValueError(f"unknown pruner {kind!r}")
-
-
 def load_study(spec: StudySpec) -> optuna.Study:
     """The existing study of a spec (no sampler or pruner needed). Raises StudyNotFound."""
-    not_found = StudyNotFound(f"study {spec.name!r} has not been run yet (storage: "
-                              f"{redact(spec.storage or str(paths.journal_path()))})")
-    if not spec.storage and not paths.journal_path().exists():
-        raise not_found  # and create nothing
-    storage = open_storage(spec)
-    if spec.name not in {s.study_name for s in storage.get_all_studies()}:
-        raise not_found
-    return optuna.load_study(study_name=spec.name, storage=storage)
+    return storage.load(spec.storage, spec.name, heartbeat_s=spec.workers.heartbeat_s,
+                        on_stale=_RetryStale(spec))
 
 
-def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
-    """Numbers of trials that failed with their worker and were re-queued."""
-    return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-
-
-def search_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The study's trials, less the surplus ones (started beyond n_trials and never run)."""
-    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS_ATTR)]
-
-
-def counted_trials(study: optuna.Study) -> int:
-    """Trials that used up part of the budget: finished ones, less those re-queued and the
-    surplus ones."""
-    trials = search_trials(study)
-    retried = retried_numbers(trials)
-    return sum(t.state in COUNTED_STATES and t.number not in retried for t in trials)
-
-
-def is_surplus(number: int, trials: Sequence[FrozenTrial], n_trials: int) -> bool:
-    """Whether trial `number` lies beyond n_trials: the `trials` before it (surplus ones left
-    out, see search_trials) that count, or run, already make n_trials. Of two workers that both
-    saw one trial left and both started one, the later-numbered trial is the surplus one."""
-    retried = retried_numbers(trials)
-    ahead = sum(t.number < number and t.number not in retried
-                and (t.state in COUNTED_STATES or t.state == TrialState.RUNNING)
-                for t in trials)
-    return ahead >= n_trials
-
-
-def budget_taken(study: optuna.Study, n_trials: int) -> bool:
-    """Whether the finished and running trials already make up the study's n_trials."""
-    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-    return counted_trials(study) + running >= n_trials
-
-
-def worker_id(device: str) -> str:
-    """host:pid:device, recorded on each trial."""
-    return f"{socket.gethostname()}:{os.getpid()}:{device}"
-
-
-def retry_trial(spec: StudySpec, study: optuna.Study, trial: FrozenTrial) -> None:
-    """Close a lost trial's MLflow run as FAILED and re-queue its params (up to max_retry)."""
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    if run_id:
-        try:
-            open_tracker(spec).end_run(run_id, FAILED)
-        except Exception:  # the run may be gone; the trial must still be re-queued
-            log.exception("could not close the MLflow run %s of trial %d", run_id, trial.number)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.workers.max_retry)(
-            study, trial)
-    log.warning("trial %d lost its worker; re-queued", trial.number)
+def close_run_failed(spec: StudySpec) -> trials.CloseRun:
+    """A callback that closes a lost trial's MLflow run as FAILED."""
+    return lambda run_id: open_tracker(spec).end_run(run_id, FAILED)
 
 
 class _RetryStale:
-    """Optuna's heartbeat callback for database storages: retry_trial, picklable."""
+    """Optuna's heartbeat callback for database storages: re-queue the stale trial (picklable)."""
 
     def __init__(self, spec: StudySpec) -> None:
         self.spec = spec
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        retry_trial(self.spec, study, trial)
-
-
-def reap_dead_trials(spec: StudySpec, study: optuna.Study) -> list[int]:
-    """Fail and re-queue RUNNING trials whose worker process on this host is gone.
-
-    The journal storage has no heartbeats; a trial records host:pid, so on its own host the
-    harness can tell that its process died.
-    """
-    reaped = []
-    host = socket.gethostname()
-    trials = study.get_trials(deepcopy=False)
-    for t in trials:
-        if t.state != TrialState.RUNNING:
-            continue
-        worker = t.user_attrs.get("worker", "")
-        # A retry starts with its failed predecessor's user attrs (Optuna's retry callback
-        # copies them): until its worker records itself, "worker" names the dead one.
-        history = t.system_attrs.get("retry_history")
-        if history and worker == trials[history[-1]].user_attrs.get("worker"):
-            continue
-        w_host, _, rest = worker.partition(":")
-        pid = int(rest.partition(":")[0] or 0)
-        if w_host != host or not pid or _alive(pid):
-            continue
-        storage = study._storage  # Optuna's own API for changing another process's trial
-        try:
-            storage.set_trial_user_attr(t._trial_id, "fail_reason",
-                                        f"worker process {pid} is gone")
-            if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another process reaped it first
-        retry_trial(spec, study, storage.get_trial(t._trial_id))
-        reaped.append(t.number)
-    return reaped
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (dead, not yet collected by its parent) is gone too.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+        trials.retry(study, trial.number, self.spec.workers.max_retry,
+                     close_run_failed(self.spec))
 
 
 # ---------------------------------------------------------------------------------------------
-# The objective
-
-
-def suggest(trial: optuna.Trial, space: Sequence[Param]) -> dict[str, Any]:
-    """Suggest a value for each parameter of the space; conditional ones only when active."""
-    values: dict[str, Any] = {}
-    for p in space:
-        if isinstance(p, CategoricalParam):
-            choice = trial.suggest_categorical(p.name, list(p.choices))
-            values[p.name] = choice
-            values.update(suggest(trial, p.conditional.get(choice, ())))
-        elif isinstance(p, IntParam):
-            values[p.name] = trial.suggest_int(p.name, p.low, p.high, step=p.step, log=p.log)
-        elif isinstance(p, FloatParam):
-            values[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
-    return values
-
-
-@dataclass
-class _Objective:
-    """Optuna objective: one trial = one call of `train`, tracked in MLflow."""
-
-    spec: StudySpec
-    tracker: Tracker
-    parent_run_id: str
-    observer: SearchObserver | None
-    device: str
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        spec = self.spec
-        if is_surplus(trial.number, search_trials(trial.study), spec.budget.n_trials):
-            trial.set_user_attr(SURPLUS_ATTR, True)
-            log.info("trial %d not run: other workers started the study's last trials",
-                     trial.number)
-            raise optuna.TrialPruned("surplus: beyond n_trials")
-        hp = spec.base_hparams(**suggest(trial, spec.search))
-        config = hp.to_dict()
-        trial.set_user_attr("config", config)
-        trial.set_user_attr("worker", worker_id(self.device))
-        run = self.tracker.start_trial(self.parent_run_id, spec.name, trial.number, config)
-        trial.set_user_attr("mlflow_run_id", run.run_id)
-        if self.observer:
-            self.observer.trial_started(trial.number, config)
-
-        def on_eval(ev: Evaluation) -> bool:
-            run.log_metrics({"dev_loss": ev.dev_loss, "train_loss": ev.train_loss, "lr": ev.lr},
-                            ev.step)
-            trial.report(ev.dev_loss, ev.step)
-            if self.observer:
-                self.observer.evaluated(trial.number, ev.step, spec.budget.steps, ev.dev_loss)
-            return trial.should_prune()
-
-        try:
-            data = load_search_data(spec.data, hp.context_length)
-            result = train(hp, data, steps=spec.budget.steps, eval_every=spec.budget.eval_every,
-                           on_eval=on_eval, device=self.device)
-        except BaseException as exc:  # diverged, out of memory, a bug, Ctrl-C: close the run
-            reason = str(exc) if isinstance(exc, TrainingDiverged) else (
-                f"{type(exc).__name__}: {exc}".rstrip(": "))
-            if isinstance(exc, torch.cuda.OutOfMemoryError):
-                reason = f"out of GPU memory: {str(exc).splitlines()[0]}"
-                torch.cuda.empty_cache()  # the next trial on this worker starts clean
-            trial.set_user_attr("fail_reason", reason)
-            run.finish(FAILED, tags={"harness.fail_reason": reason})
-            raise
-
-        figures = {"best_dev_loss": result.best_dev_loss, "n_params": result.n_params,
-                   "steps_per_sec": result.steps_per_sec}
-        for key, value in {**figures, "best_step": result.best_step, "steps": result.steps,
-                           "last_dev_loss": result.dev_loss, "train_s": result.elapsed_s}.items():
-            trial.set_user_attr(key, value)
-        if result.stopped_early:
-            run.finish(KILLED, figures, tags={"harness.state": "PRUNED"})
-            raise optuna.TrialPruned(f"pruned at step {result.steps}")
-        run.finish(FINISHED, figures, tags={"harness.state": "COMPLETE"})
-        return result.best_dev_loss
-
-
-# ---------------------------------------------------------------------------------------------
-# Creating the study, and one worker's trial loop
+# Creating the study, or joining it
 
 
 def check_inputs(spec: StudySpec) -> None:
@@ -393,81 +112,249 @@ def _largest(spec: StudySpec, name: str) -> Any:
     return max(values)
 
 
-def prepare_study(spec: StudySpec) -> optuna.Study:
-    """Create the study (or open it) and its parent MLflow run; reap trials of dead workers.
+def prepare_study(spec: StudySpec) -> tuple[optuna.Study, StudyRecord]:
+    """Create the study (or open it), record its budget, open its parent MLflow run, and reap
+    trials of dead workers. Safe when several processes prepare one study at once: one of them
+    (the one that claims its creation in the storage) creates its identity and parent run.
 
     Bad inputs fail first (check_inputs), before any storage or run is created.
     """
     check_inputs(spec)
     # A database named by the user is opened first and the embedded journal last, so that a
     # bad URL of either kind fails before the other store is created.
-    storage = open_storage(spec) if spec.storage else None
+    opened = open_study_storage(spec) if spec.storage else None
     tracker = open_tracker(spec)
-    study = optuna.create_study(storage=storage or open_storage(spec), study_name=spec.name,
-                                direction="minimize",
-                                load_if_exists=True)
-    parent = tracker.study_run(spec.name, _spec_yaml(spec))
-    study.set_user_attr("mlflow_parent_run_id", parent)
-    reap_dead_trials(spec, study)
-    return study
+    study = optuna.create_study(storage=opened or open_study_storage(spec),
+                                study_name=spec.name, direction="minimize", load_if_exists=True)
+    now = time.time()
+    if storage.claim(study, "created"):
+        identity = uuid.uuid4().hex
+        parent = tracker.study_run(spec.name, identity, _spec_yaml(spec))
+        record = StudyRecord(identity, parent, spec.budget.n_trials, spec.budget.timeout,
+                             timeout_start=now, created=now)
+    else:  # run-study owns the budget: a new total or timeout from it is recorded
+        record = dataclasses.replace(storage.wait_for_record(study),
+                                     n_trials=spec.budget.n_trials, timeout=spec.budget.timeout,
+                                     timeout_start=now)
+        tracker.study_run(spec.name, record.identity, _spec_yaml(spec))
+    storage.write_record(study, record)
+    trials.reap_dead(study, spec.workers.max_retry, close_run_failed(spec))
+    return study, record
 
 
-def work(spec: StudySpec, *, rank: int = 0, observer: SearchObserver | None = None,
-         device: str = "cpu") -> None:
-    """Run trials of an existing study until it has budget.n_trials (all workers together).
+def join_study(spec: StudySpec, explicit: Collection[str] = ()) -> tuple[optuna.Study,
+                                                                         StudyRecord]:
+    """An existing study and what it was created with, for a worker that joins it.
 
-    This is one worker, local or on another machine. Its sampler is seeded with the base seed
-    + 1000 * rank + the trials already in the study, so workers (and resumes) do not propose
-    the same first trials. Stops at budget.timeout seconds. Uses `workers.threads` torch
-    threads when the study sets it.
+    `explicit` names the spec keys the user set on the command line: a budget set there that
+    differs from the recorded one raises BudgetConflict (the study's budget is the recorded
+    one; a worker does not change it).
     """
-    if spec.workers.threads:
-        torch.set_num_threads(spec.workers.threads)
-    storage = open_storage(spec)
-    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=build_pruner(spec))
-    study.sampler = build_sampler(spec, seed_offset=1000 * rank + len(study.trials))
-    parent = study.user_attrs.get("mlflow_parent_run_id")
-    if parent is None:
-        raise StudyNotFound(f"study {spec.name!r} was not prepared (no parent run); start it "
-                            "with `harness run-study`")
-    tracker = open_tracker(spec)
-    objective = _Objective(spec, tracker, parent, observer, device)
-    total = spec.budget.n_trials
+    study = load_study(spec)
+    record = storage.read_record(study)
+    if record is None:
+        raise StudyNotFound(f"study {spec.name!r} was not prepared; start it with "
+                            f"`harness run-study {spec.source}`")
+    for key, mine, recorded in (("budget.n_trials", spec.budget.n_trials, record.n_trials),
+                                ("budget.timeout", spec.budget.timeout, record.timeout)):
+        if key in explicit and mine != recorded:
+            raise BudgetConflict(
+                f"{key}={mine} was given, but study {spec.name!r} was started with {recorded}: "
+                "a worker uses the study's recorded budget. Drop the setting, or change the "
+                f"study's budget with `harness run-study {spec.source} --set {key}=...`")
+    return study, record
 
-    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        if observer and not trial.user_attrs.get(SURPLUS_ATTR):
-            observer.trial_finished(trial, counted_trials(study), total, best_value(study))
 
-    deadline = time.monotonic() + spec.budget.timeout if spec.budget.timeout else None
+def choose_threads(spec: StudySpec, study: optuna.Study) -> tuple[int, int]:
+    """Torch threads for a worker joining `study` on this host: `workers.threads`, else the
+    cores shared with the study's live workers here. Returns (threads, live local workers)."""
+    others = trials.local_workers(study)
+    threads = spec.workers.threads or max(1, (os.cpu_count() or 1) // (others + 1))
+    return threads, others
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective
+
+
+def suggest(trial: optuna.Trial, space: Sequence[Param]) -> dict[str, Any]:
+    """Suggest a value for each parameter of the space; conditional ones only when active."""
+    values: dict[str, Any] = {}
+    for p in space:
+        if isinstance(p, CategoricalParam):
+            choice = trial.suggest_categorical(p.name, list(p.choices))
+            values[p.name] = choice
+            values.update(suggest(trial, p.conditional.get(choice, ())))
+        elif isinstance(p, IntParam):
+            values[p.name] = trial.suggest_int(p.name, p.low, p.high, step=p.step, log=p.log)
+        elif isinstance(p, FloatParam):
+            values[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
+    return values
+
+
+def fail_reason(exc: BaseException) -> str:
+    """One line that says why a trial failed."""
+    if isinstance(exc, TrainingDiverged | TrialLost | TrackingError):
+        return str(exc)
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return f"out of GPU memory: {str(exc).splitlines()[0]}"
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
+@dataclass
+class _Objective:
+    """Optuna objective: one trial = one call of `train`, tracked in MLflow."""
+
+    spec: StudySpec
+    tracker: Tracker
+    record: StudyRecord
+    observer: SearchObserver | None
+    device: str
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        spec = self.spec
+        if trials.is_surplus(trial.number, trials.records(trial.study), self.record.n_trials):
+            trials.write(trial, TrialRecord(surplus=True))
+            log.info("trial %d not run: other workers started the study's last trials",
+                     trial.number)
+            raise optuna.TrialPruned("surplus: beyond n_trials")
+        hp = spec.base_hparams(**suggest(trial, spec.search))
+        trials.write(trial, TrialRecord(config=hp.to_dict(), worker=trials.worker_id(self.device)))
+        run = self.tracker.start_trial(self.record.parent_run_id, spec.name, trial.number,
+                                       hp.to_dict())
+        trials.write(trial, TrialRecord(mlflow_run_id=run.run_id))
+        if self.observer:
+            self.observer.trial_started(trial.number, hp.to_dict())
+        watch = storage.heartbeats(trial.study)  # another worker may fail this trial as stale
+
+        def on_eval(ev: Evaluation) -> bool:
+            if watch and storage.trial_state(trial) != TrialState.RUNNING:
+                raise TrialLost(f"trial {trial.number} was failed by another worker (its "
+                                f"heartbeat went stale) at step {ev.step}; stopped training")
+            run.log_metrics({"dev_loss": ev.dev_loss, "train_loss": ev.train_loss, "lr": ev.lr},
+                            ev.step)
+            trial.report(ev.dev_loss, ev.step)
+            if self.observer:
+                self.observer.evaluated(trial.number, ev.step, spec.budget.steps, ev.dev_loss)
+            return trial.should_prune()
+
+        try:
+            data = load_search_data(spec.data, hp.context_length)
+            result = train(hp, data, steps=spec.budget.steps, eval_every=spec.budget.eval_every,
+                           on_eval=on_eval, device=self.device)
+        except BaseException as exc:  # diverged, out of memory, lost, a bug, Ctrl-C: close
+            _close_failed(trial, run, exc)
+            raise
+
+        trials.write(trial, TrialRecord(
+            best_dev_loss=result.best_dev_loss, best_step=result.best_step, steps=result.steps,
+            last_dev_loss=result.dev_loss, train_s=result.elapsed_s, n_params=result.n_params,
+            steps_per_sec=result.steps_per_sec))
+        figures = {"best_dev_loss": result.best_dev_loss, "n_params": result.n_params,
+                   "steps_per_sec": result.steps_per_sec}
+        if result.stopped_early:
+            run.finish(KILLED, figures, tags={"harness.state": "PRUNED"})
+            raise optuna.TrialPruned(f"pruned at step {result.steps}")
+        run.finish(FINISHED, figures, tags={"harness.state": "COMPLETE"})
+        return result.best_dev_loss
+
+
+def _close_failed(trial: optuna.Trial, run: Any, exc: BaseException) -> None:
+    """Record why a trial failed (unless another process already ended it) and close its run."""
+    reason = fail_reason(exc)
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()  # the next trial on this worker starts clean
+    if not isinstance(exc, TrialLost):
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            trials.write(trial, TrialRecord(fail_reason=reason))  # unless failed by another
+    if isinstance(exc, TrackingError):
+        return  # the tracking server is gone: the run cannot be closed now
+    try:
+        run.finish(FAILED, tags={"harness.fail_reason": reason})
+    except TrackingError as err:
+        log.warning("could not close the MLflow run of trial %d: %s", trial.number, err)
+
+
+# ---------------------------------------------------------------------------------------------
+# One worker's trial loop
+
+
+def work(spec: StudySpec, *, observer: SearchObserver | None = None, device: str = "cpu",
+         threads: int | None = None, explicit: Collection[str] = ()) -> None:
+    """Run trials of an existing study until it has its recorded n_trials (all workers
+    together) or its recorded timeout has passed.
+
+    This is one worker, local or on another machine. Its sampler seed offset is drawn from a
+    counter in the storage, so no two processes (workers, resumes) propose the same trials.
+    `threads` torch threads (default: choose_threads). Raises TrackingError when the tracking
+    server stays unreachable (the trial it was running is re-queued).
+    """
+    study, record = join_study(spec, explicit)
+    torch.set_num_threads(threads or choose_threads(spec, study)[0])
+    trials.register_worker(study, torch.get_num_threads())
+    study.sampler = build_sampler(spec, seed_offset=1000 * storage.next_number(study, "sampler"))
+    study.pruner = build_pruner(spec)
+    objective = _Objective(spec, open_tracker(spec), record, observer, device)
     with sealed_test_split():  # no trial can read the test split, even by mistake
-        while True:
-            if budget_taken(study, total):
-                break
-            if deadline is not None and time.monotonic() >= deadline:
+        while not trials.budget_taken(trials.records(study), record.n_trials):
+            if record.deadline is not None and time.time() >= record.deadline:
                 log.info("budget.timeout reached; no new trials")
                 break
-            try:
-                study.optimize(objective, n_trials=1, catch=TRIAL_FAULTS, callbacks=[after_trial])
-            except KeyboardInterrupt:
-                _requeue_interrupted(spec, study, device)
-                raise
+            done = _run_trial(spec, study, objective)
+            recs = trials.records(study)
+            if observer and done is not None and not done.surplus:
+                observer.trial_finished(done, trials.counted(recs), record.n_trials,
+                                        trials.best_value(recs))
 
 
-def _requeue_interrupted(spec: StudySpec, study: optuna.Study, device: str) -> None:
-    """Re-queue the trial this worker was running when it was interrupted: no trial is lost."""
-    me = worker_id(device)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        lost = t.user_attrs.get("fail_reason", "").startswith("KeyboardInterrupt")
-        if t.user_attrs.get("worker") == me and lost and t.number not in retried_numbers(
-                study.get_trials(deepcopy=False)):
-            retry_trial(spec, study, t)
+def _run_trial(spec: StudySpec, study: optuna.Study,
+               objective: _Objective) -> TrialRecord | None:
+    """Ask for a trial, run the objective with heartbeats, tell its outcome. Returns the
+    finished trial's record; None when another process took the trial over."""
+    if storage.heartbeats(study):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():  # Optuna warns that only study.optimize beats: this does
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        trial = study.ask()
+    value, state = None, TrialState.FAIL
+    with storage.heartbeat(study, trial):
+        try:
+            value, state = objective(trial), TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except TrialLost as exc:
+            log.warning("%s", exc)
+            return None  # failed and re-queued by the process that found it stale
+        except TRIAL_FAULTS:
+            pass  # failed, with its reason; the study goes on
+        except BaseException as exc:
+            _fail_and_requeue(spec, study, trial, exc)
+            if isinstance(exc, TrackingError):
+                raise TrackingError(f"{exc}; trial {trial.number} was re-queued: run the "
+                                    "command again once the tracking store is back") from None
+            raise
+    try:
+        study.tell(trial, value, state=state, skip_if_finished=True)
+    except RuntimeError:
+        # The grid sampler calls study.stop() once its grid is covered, which only works
+        # inside study.optimize; the trial is stored by then, and n_trials decides the end.
+        if not isinstance(study.sampler, optuna.samplers.GridSampler):
+            raise
+    return trials.TrialRecord.from_trial(study.get_trials(deepcopy=False)[trial.number])
 
 
-def best_value(study: optuna.Study) -> float | None:
-    """The best complete trial's value, or None."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return min((t.value for t in complete if t.value is not None), default=None)
-
+def _fail_and_requeue(spec: StudySpec, study: optuna.Study, trial: optuna.Trial,
+                      exc: BaseException) -> None:
+    """Fail a trial that its worker cannot finish; re-queue it when the fault was not the
+    trial's own (Ctrl-C, the tracking store gone)."""
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        trials.write(trial, TrialRecord(fail_reason=fail_reason(exc)))
+    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    if isinstance(exc, REQUEUED_FAULTS):
+        close = None if isinstance(exc, TrackingError) else close_run_failed(spec)
+        trials.retry(study, trial.number, spec.workers.max_retry, close)
 
 
 def _spec_yaml(spec: StudySpec) -> str:

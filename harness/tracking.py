@@ -7,16 +7,25 @@ dev and train loss per evaluation step, and ends with a status that follows the 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness import paths
 from harness.redact import redact
 
 log = logging.getLogger(__name__)
+
+# MLflow prints "View run ... at: URL" to stdout after every run on a tracking server; the
+# harness prints the one address that matters itself.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+T = TypeVar("T")
 
 # Run statuses, as MLflow names them.
 FINISHED, KILLED, FAILED = "FINISHED", "KILLED", "FAILED"
@@ -25,6 +34,7 @@ FINISHED, KILLED, FAILED = "FINISHED", "KILLED", "FAILED"
 TAG_STUDY = "harness.study"
 TAG_ROLE = "harness.role"  # "study" (the parent) or "trial"
 TAG_TRIAL = "harness.trial_number"
+TAG_IDENTITY = "harness.study_identity"  # the study's identity in its storage (StudyRecord)
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: nests the run under its parent in the UI
 
 FLUSH_EVERY_S = 5.0  # metrics are buffered and sent at most this often (and at the end)
@@ -83,47 +93,58 @@ class Tracker:
         self.uri = uri or paths.tracking_uri()
         if uri is None:
             paths.root().mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        try:
-            exp = self.client.get_experiment_by_name(experiment)
-            if exp is None:
-                location = paths.artifacts_uri(experiment) if uri is None else None
-                self.experiment_id = self.client.create_experiment(experiment, location)
-            else:
-                self.experiment_id = exp.experiment_id
-        except Exception as exc:  # mlflow raises many types for an unreachable store
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TrackingError(f"cannot use the MLflow tracking store {redact(self.uri)}: "
-                                f"{redact(reason)}") from None
+        location = paths.artifacts_uri(experiment) if uri is None else None
+        # The first use of a database store creates its schema: two processes starting at once
+        # would both create it, so a local store is first used under a file lock.
+        with _store_lock(self.uri):
+            self.client = _call(self.uri, lambda: MlflowClient(tracking_uri=self.uri))
+            self.experiment_id = _call(self.uri, lambda: self._experiment(experiment, location))
 
-    def study_run(self, study_name: str, spec_yaml: str) -> str:
-        """The study's parent run: the existing one when resuming, else a new one."""
-        found = self.runs(study_name, "study")
-        if found:
-            run_id = found[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-            return run_id
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"study {study_name}",
-            tags={TAG_STUDY: study_name, TAG_ROLE: "study"},
-        )
-        self.client.log_text(run.info.run_id, spec_yaml, "study.yaml")
-        return run.info.run_id
+    def _experiment(self, name: str, location: str | None) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name, location)
+        except Exception:  # created by another process since (a tracking server)
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def study_run(self, study_name: str, identity: str, spec_yaml: str) -> str:
+        """The study's parent run, found by the study's identity in its storage (two studies
+        of one name in two storages have two parent runs): reopened, else created."""
+        def find_or_create() -> str:
+            found = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{TAG_IDENTITY}` = '{identity}'",
+                max_results=1)
+            if found:
+                self.client.update_run(found[0].info.run_id, status="RUNNING")
+                return found[0].info.run_id
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"study {study_name}",
+                tags={TAG_STUDY: study_name, TAG_ROLE: "study", TAG_IDENTITY: identity})
+            self.client.log_text(run.info.run_id, spec_yaml, "study.yaml")
+            return run.info.run_id
+
+        return _call(self.uri, find_or_create)
 
     def start_run(self, parent_run_id: str, study_name: str, role: str, run_name: str,
                   params: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> ChildRun:
         """A run nested under the study's parent run, with `params` logged."""
         from mlflow.entities import Param
 
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=run_name,
-            tags={TAG_STUDY: study_name, TAG_ROLE: role, TAG_PARENT: parent_run_id, **(tags or {})},
-        )
-        run_id = run.info.run_id
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        return ChildRun(self.client, run_id)
+        def start() -> str:
+            run = self.client.create_run(
+                self.experiment_id, run_name=run_name,
+                tags={TAG_STUDY: study_name, TAG_ROLE: role, TAG_PARENT: parent_run_id,
+                      **(tags or {})})
+            self.client.log_batch(run.info.run_id,
+                                  params=[Param(k, str(v)) for k, v in params.items()])
+            return run.info.run_id
+
+        return ChildRun(self.client, _call(self.uri, start), self.uri)
 
     def start_trial(self, parent_run_id: str, study_name: str, number: int,
                     params: Mapping[str, Any]) -> ChildRun:
@@ -132,22 +153,15 @@ class Tracker:
                               {"trial_number": number, **params}, {TAG_TRIAL: str(number)})
 
     def end_run(self, run_id: str, status: str) -> None:
-        self.client.set_terminated(run_id, status=status)
+        _call(self.uri, lambda: self.client.set_terminated(run_id, status=status))
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        _call(self.uri, lambda: self.client.log_artifact(run_id, str(path), artifact_path))
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """A run's metric as (step, value) pairs, by step."""
-        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
-
-    def runs(self, study_name: str, role: str) -> list[Any]:
-        """The study's runs of one role ("study", "trial" or "final")."""
-        return list(self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TAG_STUDY}` = '{study_name}' and tags.`{TAG_ROLE}` = '{role}'",
-            max_results=10_000,
-        ))
+        history = _call(self.uri, lambda: self.client.get_metric_history(run_id, key))
+        return sorted((m.step, m.value) for m in history)
 
 
 def ui_command(uri: str, host: str, port: int) -> list[str]:
@@ -160,11 +174,12 @@ def ui_command(uri: str, host: str, port: int) -> list[str]:
 
 class ChildRun:
     """A trial's (or the final model's) run. Metrics are buffered and flushed every few
-    seconds and at the end."""
+    seconds and at the end. A store that stays unreachable raises TrackingError."""
 
-    def __init__(self, client: Any, run_id: str) -> None:
+    def __init__(self, client: Any, run_id: str, uri: str) -> None:
         self.client = client
         self.run_id = run_id
+        self.uri = uri
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
         self._last_step = 0
@@ -180,15 +195,15 @@ class ChildRun:
 
     def flush(self) -> None:
         if self._pending:
-            self.client.log_batch(self.run_id, metrics=self._pending)
+            _call(self.uri, lambda: self.client.log_batch(self.run_id, metrics=self._pending))
             self._pending = []
         self._last_flush = time.monotonic()
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        _call(self.uri, lambda: self.client.log_text(self.run_id, text, artifact_file))
 
     def log_artifact(self, path: Path) -> None:
-        self.client.log_artifact(self.run_id, str(path))
+        _call(self.uri, lambda: self.client.log_artifact(self.run_id, str(path)))
 
     def finish(self, status: str, metrics: Mapping[str, float] | None = None,
                tags: Mapping[str, str] | None = None) -> None:
@@ -199,6 +214,49 @@ class ChildRun:
             self.log_metrics(metrics or {}, self._last_step)
             self.flush()
             if tags:
-                self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+                run_tags = [RunTag(k, v) for k, v in tags.items()]
+                _call(self.uri, lambda: self.client.log_batch(self.run_id, tags=run_tags))
         finally:
-            self.client.set_terminated(self.run_id, status=status)
+            _call(self.uri, lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+def _call(uri: str, fn: Callable[[], T]) -> T:
+    """`fn()`, with any failure of the store (after MLflow's own retries) as a TrackingError."""
+    try:
+        return fn()
+    except TrackingError:
+        raise
+    except Exception as exc:  # mlflow raises many types for an unreachable or broken store
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"the MLflow tracking store {redact(uri)} failed: "
+                            f"{redact(reason)}") from None
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock beside a local sqlite store while the block runs (no-op otherwise)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    lock_path = db.with_name(db.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on host:port (the UI would not get it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False

@@ -87,3 +87,43 @@ def test_leaderboard_of_a_study_never_run(write_study, capsys):
     code = main(["leaderboard", str(write_study(tiny_study()))])
     assert code == 1
     assert "has not been run yet" in capsys.readouterr().err
+
+
+STUDY_COMMANDS = ["run-study", "worker", "finalize", "leaderboard", "sample", "ui"]
+
+
+@pytest.mark.parametrize("command", STUDY_COMMANDS)
+def test_every_command_that_opens_a_study_takes_storage_and_tracking_uri(command):
+    from harness.cli import build_parser
+
+    args = build_parser().parse_args([command, "s.yaml", "--storage", "sqlite:///o.db",
+                                      "--tracking-uri", "sqlite:///m.db"])
+    assert (args.storage, args.tracking_uri) == ("sqlite:///o.db", "sqlite:///m.db")
+
+
+@pytest.mark.slow
+def test_a_study_on_other_stores_is_reached_by_flags_alone(tmp_path: Path, write_study,
+                                                           capsys):
+    """After a study on a database storage and tracking store, every command reaches it with
+    --storage and --tracking-uri: no study file to rewrite, no --set keys to know."""
+    path = write_study(tiny_study(budget={"n_trials": 2, "steps": 50, "eval_every": 50},
+                                  finalize={"top_k": 1, "seeds": 1, "samples": 3}))
+    flags = ["--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
+             "--tracking-uri", f"sqlite:///{tmp_path / 'elsewhere.db'}"]
+    assert main(["run-study", str(path), "--no-finalize", *flags]) == 0
+    assert main(["leaderboard", str(path)]) == 1  # not in the default stores
+    assert "has not been run yet" in capsys.readouterr().err
+    assert main(["leaderboard", str(path), *flags]) == 0
+    assert len(pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))) == 2
+    assert main(["finalize", str(path), *flags]) == 0
+    assert "final model of study tiny" in capsys.readouterr().out
+    assert main(["sample", str(path), "-n", "3", *flags]) == 0
+    assert len(capsys.readouterr().out.split()) == 3
+    assert main(["worker", str(path), *flags]) == 0  # nothing left to run
+    assert not (tmp_path / "mlruns" / "optuna.journal").exists()
+
+
+def test_python_dash_m_harness_is_the_command(tmp_path: Path):
+    proc = subprocess.run([sys.executable, "-m", "harness", "--version"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("harness ")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -10,10 +9,17 @@ import pytest
 from mlflow import MlflowClient
 
 import harness.data
-from harness import paths
+from harness import paths, storage, trials
 from harness.coordinator import run_search
 from harness.data import SealedSplitError, load_test_examples
-from harness.final import AlreadyFinalized, Candidate, final_model, finalize, plan_steps
+from harness.final import (
+    AlreadyFinalized,
+    Candidate,
+    FinalResult,
+    final_model,
+    finalize,
+    plan_steps,
+)
 from harness.hparams import HParams
 from harness.model import sample_words
 from harness.spec import load_spec
@@ -102,13 +108,13 @@ def test_finalize_picks_by_mean_dev_loss_not_one_lucky_seed(write_study, monkeyp
         return result
 
     monkeypatch.setattr(harness.final, "train", fake_train)
-    record = finalize(spec)
-    assert record["chosen_trial"] == trial_b.number
-    assert record["dev_mean"] == pytest.approx(2.0)
-    assert record["model_seed"] == 2  # the chosen config's best seed is the saved model
-    by_trial = {c["trial"]: c for c in record["candidates"]}
-    assert by_trial[trial_a.number]["dev_mean"] == pytest.approx(2.5)
-    assert by_trial[trial_a.number]["dev_std"] > 0
+    result = finalize(spec)
+    assert result.chosen_trial == trial_b.number
+    assert result.dev_mean == pytest.approx(2.0)
+    assert result.model_seed == 2  # the chosen config's best seed is the saved model
+    by_trial = {c.trial: c for c in result.candidates}
+    assert by_trial[trial_a.number].dev_mean == pytest.approx(2.5)
+    assert by_trial[trial_a.number].dev_std > 0
 
 
 @pytest.mark.parametrize(("finalize_block", "speed", "steps"), [
@@ -130,41 +136,41 @@ def test_finalize_minutes_sets_steps_from_the_trials_speed(write_study, monkeypa
                                             finalize={"top_k": 1, "seeds": 1,
                                                       "minutes": 0.002})))
     run_search(spec)
-    best = load_study(spec).best_trial
-    expected = max(50, int(0.002 * 60 * best.user_attrs["steps_per_sec"] * 0.95) // 50 * 50)
-    record = finalize(spec)
-    assert record["steps"] == record["candidates"][0]["steps"] == expected
+    best = min(trials.records(load_study(spec)), key=lambda r: r.value)
+    expected = max(50, int(0.002 * 60 * best.steps_per_sec * 0.95) // 50 * 50)
+    result = finalize(spec)
+    assert result.steps == result.candidates[0].steps == expected
 
 
 def test_finalize_records_once_then_refuses_and_force_counts(write_study):
     spec = load_spec(write_study(small_study(budget={"n_trials": 2, "steps": 100,
                                                      "eval_every": 50})))
     run_search(spec)
-    record = finalize(spec)
-    assert len(record["test_losses"]) == 2 and record["test_evaluations"] == 1
-    assert 2.0 < record["test_mean"] < 3.4
+    result = finalize(spec)
+    assert len(result.test_losses) == 2 and result.test_evaluations == 1
+    assert 2.0 < result.test_mean < 3.4
 
-    # Stored in the study's records, in final.json, and as a final MLflow run with the model.
-    assert load_study(spec).user_attrs["final"]["test_mean"] == record["test_mean"]
-    on_disk = json.loads((paths.study_dir("tiny") / "final.json").read_text())
-    assert on_disk["test_losses"] == record["test_losses"]
+    # Stored in the study's records, in final.json (read back whole), and as a final MLflow run
+    # with the model.
+    study = load_study(spec)
+    assert FinalResult.from_dict(storage.read_final(study)) == result
+    assert FinalResult.load(paths.study_dir("tiny") / "final.json") == result
     client = MlflowClient(paths.tracking_uri())
-    run = client.get_run(record["mlflow_run_id"])
+    run = client.get_run(result.mlflow_run_id)
     assert run.data.tags["harness.stage"] == "final"
-    assert run.data.tags["mlflow.parentRunId"] == load_study(spec).user_attrs[
-        "mlflow_parent_run_id"]
-    assert run.data.metrics["test_mean"] == pytest.approx(record["test_mean"])
+    assert run.data.tags["mlflow.parentRunId"] == storage.read_record(study).parent_run_id
+    assert run.data.metrics["test_mean"] == pytest.approx(result.test_mean)
     assert 0 <= run.data.metrics["novel_share"] <= 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model.pt", "final.json", "samples.txt"} <= artifacts
 
     with pytest.raises(AlreadyFinalized, match="already finalized") as info:
         finalize(spec)
-    assert f"{record['test_mean']:.4f}" in str(info.value)
+    assert f"{result.test_mean:.4f}" in str(info.value)
 
     again = finalize(spec, force=True)
-    assert again["test_evaluations"] == 2
-    assert again["previous"][0]["test_mean"] == record["test_mean"]
+    assert again.test_evaluations == 2
+    assert FinalResult.load(paths.study_dir("tiny") / "final.json").test_evaluations == 2
 
 
 def test_saved_model_loads_without_unpickling_and_samples(write_study):
@@ -177,3 +183,50 @@ def test_saved_model_loads_without_unpickling_and_samples(write_study):
     a = sample_words(model, itos, 20, seed=0)
     assert a == sample_words(model, itos, 20, seed=0) and len(a) == 20
     assert all("." not in w and len(w) <= 32 for w in a)
+
+
+def test_the_test_loss_is_computed_on_the_test_split(write_study, tmp_path):
+    """A data file whose test split is one repeated odd word: the final model's test loss is
+    far above its dev loss, which it could not be if the 'test' figures came from dev."""
+    names = harness.data.read_words()[:3000]
+    split = harness.data.split_words([str(i) for i in range(len(names))],
+                                     harness.data.DataConfig())
+    test_positions = {int(i) for i in split[2]}
+    words = ["zqxjzqxj" if i in test_positions else w for i, w in enumerate(names)]
+    (tmp_path / "words.txt").write_text("\n".join(words) + "\n")
+    spec = load_spec(write_study(small_study(data={"path": str(tmp_path / "words.txt")},
+                                             budget={"n_trials": 1, "steps": 200,
+                                                     "eval_every": 50})))
+    train_, dev, test = harness.data.split_words(words, spec.data)
+    assert set(test) == {"zqxjzqxj"} and "zqxjzqxj" not in set(train_) | set(dev)
+    run_search(spec)
+    result = finalize(spec)
+    assert result.dev_mean < 3.0 and result.test_mean > result.dev_mean + 1.0
+
+
+def test_finalize_on_two_processes_end_to_end(write_study):
+    """The path search.yaml takes: the retrainings spread over spawned processes."""
+    spec = load_spec(write_study(small_study(budget={"n_trials": 2, "steps": 100,
+                                                     "eval_every": 50})))
+    run_search(spec)
+    events = []
+
+    class Observer:
+        def retrainings_planned(self, jobs, processes):
+            events.append(("planned", len(jobs), processes))
+
+        def retraining_evaluated(self, job, step, dev_loss):
+            events.append(("evaluated",))
+
+        def retraining_done(self, job, dev_loss, done, total):
+            events.append(("done", done, total))
+
+    result = finalize(spec, workers=2, observer=Observer())
+    assert events[0] == ("planned", 4, 2)
+    assert [e for e in events if e[0] == "done"] == [("done", k, 4) for k in range(1, 5)]
+    assert len(result.candidates) == 2 and all(len(c.dev_losses) == 2 for c in result.candidates)
+    assert result.test_evaluations == 1 and 2.0 < result.test_mean < 3.4
+    # The spawned retrainings are the same computation as in this process: same seeds, same
+    # weights, same dev loss.
+    here = finalize(spec, force=True)
+    assert [c.dev_losses for c in here.candidates] == [c.dev_losses for c in result.candidates]

@@ -9,19 +9,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from harness import paths
+from harness import paths, storage, trials
 from harness.coordinator import run_search
 from harness.leaderboard import build
 from harness.spec import load_spec
-from harness.study import (
-    SURPLUS_ATTR,
-    _Objective,
-    counted_trials,
-    load_study,
-    open_storage,
-    open_tracker,
-    prepare_study,
-)
+from harness.study import _Objective, load_study, open_study_storage, open_tracker, prepare_study
 
 from .conftest import tiny_study
 
@@ -40,21 +32,21 @@ def test_tiny_study_end_to_end(write_study):
     study = run_search(spec)
 
     # Optuna storage: exactly n_trials, all complete, each with its full config and run id.
-    trials = load_study(spec).trials
-    assert len(trials) == 3
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    assert all(sorted(t.intermediate_values) == [50, 100, 150, 200] for t in trials)
-    assert all(t.user_attrs["config"]["hidden_width"] == 32 for t in trials)
+    recs = trials.records(load_study(spec))
+    assert len(recs) == 3
+    assert all(r.state == optuna.trial.TrialState.COMPLETE for r in recs)
+    assert all(sorted(r.intermediate) == [50, 100, 150, 200] for r in recs)
+    assert all(r.config["hidden_width"] == 32 for r in recs)
 
     # MLflow: one child run per trial under the study's parent, same param keys, dev_loss curve.
     client, runs = trial_runs("tiny")
     assert len(runs) == 3
-    parent = study.user_attrs["mlflow_parent_run_id"]
+    parent = storage.read_record(study).parent_run_id
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent}
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert len({frozenset(r.data.params) for r in runs}) == 1
     assert {"trial_number", "lr", "batch_size", "hidden_width", "seed"} <= set(runs[0].data.params)
-    by_id = {t.user_attrs["mlflow_run_id"]: t for t in trials}
+    by_id = {r.mlflow_run_id: r for r in recs}
     for run in runs:
         history = client.get_metric_history(run.info.run_id, "dev_loss")
         assert [m.step for m in history] == [50, 100, 150, 200]
@@ -66,7 +58,7 @@ def test_tiny_study_end_to_end(write_study):
     # Leaderboard CSV written by the study: ranked by best dev loss.
     df = pd.read_csv(paths.study_dir("tiny") / "leaderboard.csv")
     assert list(df["rank"]) == [1, 2, 3]
-    assert list(df["best_dev_loss"]) == sorted(t.value for t in trials)
+    assert list(df["best_dev_loss"]) == sorted(r.value for r in recs)
     assert set(df["mlflow_run_id"]) == {r.info.run_id for r in runs}
 
 
@@ -74,10 +66,10 @@ def test_rerun_does_not_add_trials_and_resume_completes(write_study):
     path = write_study(tiny_study(budget={"n_trials": 2, "steps": 100, "eval_every": 50}))
     run_search(load_spec(path))
     run_search(load_spec(path))
-    assert counted_trials(load_study(load_spec(path))) == 2
+    assert trials.counted(trials.records(load_study(load_spec(path)))) == 2
     # Raising the total resumes the same study up to the new total.
     study = run_search(load_spec(path, ["budget.n_trials=3"]))
-    assert counted_trials(study) == 3
+    assert trials.counted(trials.records(study)) == 3
     _, runs = trial_runs("tiny")
     assert len(runs) == 3
 
@@ -91,7 +83,7 @@ def test_pruned_and_diverged_trials_are_recorded_and_the_study_goes_on(write_stu
     spec = load_spec(write_study(study_file))
     # Fix the order: a good trial, then one that diverges, then one far worse than the first
     # (the median pruner stops it at its first report).
-    pre = optuna.create_study(storage=open_storage(spec), study_name=spec.name)
+    pre = optuna.create_study(storage=open_study_storage(spec), study_name=spec.name)
     for lr in (1.0e-2, 1.0e6, 1.0e-4, 3.0e-3):
         pre.enqueue_trial({"lr": lr, "batch_size": 32})
     study = run_search(spec)
@@ -100,10 +92,11 @@ def test_pruned_and_diverged_trials_are_recorded_and_the_study_goes_on(write_stu
     assert states[1.0e-2] == "COMPLETE"
     assert states[1.0e6] == "FAIL"
     assert states[1.0e-4] == "PRUNED"
-    assert study.trials[2].user_attrs["steps"] == 50
+    recs = trials.records(study)
+    assert recs[2].steps == 50
 
-    failed = next(t for t in study.trials if t.state.name == "FAIL")
-    assert "diverged" in failed.user_attrs["fail_reason"]
+    failed = next(r for r in recs if r.state.name == "FAIL")
+    assert "diverged" in failed.fail_reason
 
     client, runs = trial_runs("tiny")
     status = {r.data.params["trial_number"]: r.info.status for r in runs}
@@ -120,19 +113,18 @@ def test_a_trial_started_beyond_n_trials_is_not_run_nor_counted(write_study):
     """Two workers that both see one trial left both start one: the later one stops at once."""
     spec = load_spec(write_study(tiny_study(budget={"n_trials": 1, "steps": 100,
                                                     "eval_every": 50})))
-    study = prepare_study(spec)
+    study, record = prepare_study(spec)
     other = study.ask()  # another worker's trial: the study's last, still running
-    objective = _Objective(spec, open_tracker(spec), study.user_attrs["mlflow_parent_run_id"],
-                           None, "cpu")
+    objective = _Objective(spec, open_tracker(spec), record, None, "cpu")
     study.optimize(objective, n_trials=1)
 
-    surplus = study.trials[1]
-    assert surplus.user_attrs.get(SURPLUS_ATTR) is True
-    assert surplus.state == optuna.trial.TrialState.PRUNED and not surplus.intermediate_values
-    assert "mlflow_run_id" not in surplus.user_attrs  # no MLflow run was opened for it
-    assert counted_trials(study) == 0
+    surplus = trials.records(study)[1]
+    assert surplus.surplus is True
+    assert surplus.state == optuna.trial.TrialState.PRUNED and not surplus.intermediate
+    assert surplus.mlflow_run_id is None  # no MLflow run was opened for it
+    assert trials.counted(trials.records(study)) == 0
     study.tell(other, 2.5)
-    assert counted_trials(study) == 1
+    assert trials.counted(trials.records(study)) == 1
     assert list(build(study)["trial"]) == [other.number]
 
 
@@ -155,7 +147,7 @@ def test_progress_counts_trials_that_end_together_one_by_one(write_study):
         def trial_finished(self, trial, done, total, best):
             seen.append((trial.number, done, total))
 
-    watcher = _Watcher(study, spec, Observer())
+    watcher = _Watcher(study, 4, spec.budget.steps, Observer())
     for value in (2.5, 2.4):
         study.add_trial(create_trial(params={"lr": 0.01}, value=value,
                                      distributions={"lr": FloatDistribution(1e-3, 1e-2)}))
@@ -173,10 +165,14 @@ def test_a_retry_not_yet_claimed_by_its_worker_is_not_reaped(write_study):
     import subprocess
     import sys
 
-    from harness.study import reap_dead_trials
+    from harness.study import close_run_failed
 
     spec = load_spec(write_study(tiny_study()))
-    study = prepare_study(spec)
+    study, _ = prepare_study(spec)
+
+    def reap_dead_trials(spec, study):
+        return trials.reap_dead(study, spec.workers.max_retry, close_run_failed(spec))
+
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lost = study.ask()
@@ -184,6 +180,6 @@ def test_a_retry_not_yet_claimed_by_its_worker_is_not_reaped(write_study):
     assert reap_dead_trials(spec, study) == [lost.number]  # failed and re-queued
     retry = study.ask()  # a worker takes the re-queued trial
     assert study.trials[retry.number].system_attrs["retry_history"] == [lost.number]
-    assert study.trials[retry.number].user_attrs["worker"].endswith(f":{dead.pid}:cpu")
+    assert trials.records(study)[retry.number].worker.endswith(f":{dead.pid}:cpu")
     assert reap_dead_trials(spec, study) == []
     assert study.trials[retry.number].state.name == "RUNNING"

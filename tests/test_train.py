@@ -35,8 +35,11 @@ def test_same_seed_same_result_and_other_seed_differs(data):
     assert a.dev_curve != c.dev_curve
 
 
-def test_returned_model_holds_the_best_weights(data):
-    result = train(HParams(**SMALL), data, steps=200, eval_every=50)
+def test_returned_model_holds_the_best_weights_not_the_last(data):
+    # A rate far too high after step 200 makes the later evaluations worse than step 200's.
+    result = train(HParams(**SMALL), data, steps=400, eval_every=50,
+                   lr_fn=lambda step: 0.1 if step < 200 else 4.0)
+    assert result.best_step == 200 and result.dev_loss > result.best_dev_loss + 0.5
     assert mean_loss(result.model, data.dev.X, data.dev.Y) == pytest.approx(result.best_dev_loss)
 
 

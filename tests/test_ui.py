@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from harness import paths
 from harness.cli import main
 
 from .conftest import REPO, tiny_study
@@ -97,24 +96,3 @@ def test_ui_listens_on_localhost_by_default():
 
     args = build_parser().parse_args(["ui", "study.yaml"])
     assert args.host == "127.0.0.1"
-
-
-def test_optuna_dashboard_opens_the_study_storage_as_it_is(tmp_path, write_study, capsys):
-    pytest.importorskip("optuna_dashboard", reason="pip install optuna-dashboard")
-    study = write_study(tiny_study(budget={"n_trials": 2, "steps": 50, "eval_every": 50},
-                                   finalize={"enabled": False}))
-    assert main(["run-study", str(study)]) == 0
-    port = free_port()
-    dashboard = Path(sys.executable).parent / "optuna-dashboard"  # its console script
-    proc = serve([str(dashboard), str(paths.journal_path()),
-                  "--host", "127.0.0.1", "--port", str(port)],
-                 f"http://127.0.0.1:{port}/api/studies", tmp_path)
-    try:
-        import json
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as r:
-            studies = json.load(r)["study_summaries"]
-        assert [s["study_name"] for s in studies] == ["tiny"]
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)

@@ -15,10 +15,10 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from harness import coordinator, paths
+from harness import coordinator, paths, storage, trials
 from harness.coordinator import run_search
 from harness.spec import load_spec
-from harness.study import SURPLUS_ATTR, counted_trials, load_study, search_trials
+from harness.study import load_study
 
 from .conftest import tiny_study
 
@@ -48,31 +48,31 @@ def mlflow_runs(experiment: str, role: str = "trial"):
     return [r for r in runs if r.data.tags.get("harness.role") == role]
 
 
-def check_finished_study(spec, n_trials: int) -> list[optuna.trial.FrozenTrial]:
+def check_finished_study(spec, n_trials: int) -> list[trials.TrialRecord]:
     """Exactly n_trials count, nothing left RUNNING in Optuna or MLflow. Returns the trials,
     less any surplus one (started when the others had taken the last trial; never run)."""
     study = load_study(spec)
-    assert counted_trials(study) == n_trials
+    assert trials.counted(trials.records(study)) == n_trials
     states = [t.state.name for t in study.trials]
     assert "RUNNING" not in states and "WAITING" not in states
-    trials = search_trials(study)
+    recs = trials.search_records(study)
     runs = mlflow_runs(spec.name)
     assert "RUNNING" not in {r.info.status for r in runs}
     numbers = {r.data.params["trial_number"] for r in runs}
-    assert numbers == {str(t.number) for t in trials}
-    return trials
+    assert numbers == {str(t.number) for t in recs}
+    return recs
 
 
 def test_two_local_workers_share_the_study(write_study):
     spec = load_spec(write_study(tiny_study(budget={"n_trials": 4, "steps": 150,
                                                     "eval_every": 50})))
     run_search(spec, workers=2)
-    trials = check_finished_study(spec, 4)
-    assert len(trials) == 4
-    assert {t.state.name for t in trials} == {"COMPLETE"}
-    pids = {t.user_attrs["worker"].split(":")[1] for t in trials}
-    assert len(pids) == 2 and str(os.getpid()) not in pids  # two processes, not this one
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4  # no repeated proposals
+    recs = check_finished_study(spec, 4)
+    assert len(recs) == 4
+    assert {r.state.name for r in recs} == {"COMPLETE"}
+    pids = {r.pid for r in recs}
+    assert len(pids) == 2 and os.getpid() not in pids  # two processes, not this one
+    assert len({tuple(sorted(r.params.items())) for r in recs}) == 4  # no repeated proposals
 
 
 def test_workers_start_while_the_study_is_created(write_study, monkeypatch):
@@ -96,8 +96,8 @@ def test_workers_start_while_the_study_is_created(write_study, monkeypatch):
     spec = load_spec(write_study(tiny_study(budget={"n_trials": 4, "steps": 100,
                                                     "eval_every": 50})))
     run_search(spec, workers=2)
-    trials = check_finished_study(spec, 4)
-    assert len(trials) == 4 and not any(t.user_attrs.get(SURPLUS_ATTR) for t in trials)
+    recs = check_finished_study(spec, 4)
+    assert len(recs) == 4 and not any(r.surplus for r in recs)
     assert multiprocessing.active_children() == []
 
 
@@ -120,9 +120,9 @@ def test_two_workers_on_postgres(write_study):
                                             budget={"n_trials": 4, "steps": 150,
                                                     "eval_every": 50})))
     run_search(spec, workers=2)
-    trials = check_finished_study(spec, 4)
-    assert {t.state.name for t in trials} == {"COMPLETE"}
-    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    recs = check_finished_study(spec, 4)
+    assert {r.state.name for r in recs} == {"COMPLETE"}
+    assert len({r.worker for r in recs}) == 2
     runs = mlflow_runs(name)
     assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 4
     optuna.delete_study(study_name=name, storage=url)
@@ -163,16 +163,16 @@ def test_sigkill_of_a_worker_costs_only_its_trial(write_study, tmp_path: Path):
     proc = start_run_study(spec_path := tmp_path / "study.yaml", tmp_path, "--workers", "2")
     assert spec_path.exists()
     victim = wait_for_running_trial(spec, proc)
-    worker_pid = int(victim.user_attrs["worker"].split(":")[1])
+    worker_pid = trials.TrialRecord.from_trial(victim).pid
     os.kill(worker_pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
 
-    trials = check_finished_study(spec, 4)
-    killed = trials[victim.number]
+    recs = check_finished_study(spec, 4)
+    killed = recs[victim.number]
     assert killed.state.name == "FAIL"
-    assert f"worker process {worker_pid} is gone" in killed.user_attrs["fail_reason"]
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert f"worker process {worker_pid} is gone" in killed.fail_reason
+    retries = [r for r in recs if r.retry_of == victim.number]
     assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
     assert retries[0].params == killed.params
     status = {r.data.params["trial_number"]: r.info.status for r in mlflow_runs(spec.name)}
@@ -198,8 +198,8 @@ def test_sigint_stops_cleanly_and_a_rerun_resumes(write_study, tmp_path: Path, w
     proc = start_run_study(tmp_path / "study.yaml", tmp_path, "--workers", workers)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    trials = check_finished_study(spec, 3)
-    retry = [t for t in trials if t.system_attrs.get("failed_trial") == interrupted.number]
+    recs = check_finished_study(spec, 3)
+    retry = [r for r in recs if r.retry_of == interrupted.number]
     assert len(retry) == 1 and retry[0].params == interrupted.params
 
 
@@ -210,21 +210,21 @@ def test_heartbeat_stale_trial_is_failed_requeued_and_its_run_closed(write_study
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     spec = load_spec(write_study(tiny_study(storage=url, workers={"heartbeat_s": 1})))
-    study = prepare_study(spec)
+    study, record = prepare_study(spec)
     trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)})
     tracker = Tracker(None, spec.name)
-    run = tracker.start_trial(study.user_attrs["mlflow_parent_run_id"], spec.name,
-                              trial.number, {"lr": trial.params["lr"]})
-    trial.set_user_attr("mlflow_run_id", run.run_id)
-    study._storage.record_heartbeat(trial._trial_id)  # a worker beat once, then died
-    # What the next worker does before its trial, until the grace period (3 beats) has passed.
+    run = tracker.start_trial(record.parent_run_id, spec.name, trial.number,
+                              {"lr": trial.params["lr"]})
+    trials.write(trial, trials.TrialRecord(mlflow_run_id=run.run_id))
+    storage.of(study).record_heartbeat(trial._trial_id)  # a worker beat once, then died
+    # What the next worker does before its trial, until the grace period (2 beats) has passed.
     deadline = time.monotonic() + 30
     while study.trials[0].state.name == "RUNNING" and time.monotonic() < deadline:
         time.sleep(0.5)
         optuna.storages.fail_stale_trials(study)
 
-    trials = load_study(spec).trials
-    assert trials[0].state.name == "FAIL"
-    assert trials[1].state.name == "WAITING" and trials[1].system_attrs["failed_trial"] == 0
-    assert counted_trials(load_study(spec)) == 0
+    recs = trials.records(load_study(spec))
+    assert recs[0].state.name == "FAIL"
+    assert recs[1].state.name == "WAITING" and recs[1].retry_of == 0
+    assert trials.counted(trials.records(load_study(spec))) == 0
     assert tracker.client.get_run(run.run_id).info.status == "FAILED"
