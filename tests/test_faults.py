@@ -139,8 +139,9 @@ def test_one_tracking_store_two_journals_two_parent_runs(write_study, tmp_path, 
         spec = load_spec(write_study(study))
         run_search(spec)
         parents.append(storage.read_record(load_study(spec)).parent_run_id)
-    assert parents[0] != parents[1]
     client = MlflowClient(shared)
+    assert parents[0] != parents[1]
+    assert [client.get_run(p).data.tags["harness.role"] for p in parents] == ["study", "study"]
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id])
     for parent in parents:
