@@ -330,3 +330,49 @@ def test_a_worker_shares_the_cores_with_the_studys_live_workers_here(write_study
         other.kill()
         other.wait()
     assert choose_threads(spec, load_study(spec)) == (4, 0)  # the other worker is gone
+
+
+def test_a_real_tracking_server_that_goes_down_for_good_then_comes_back(write_study,
+                                                                          tmp_path):
+    """Against a real `mlflow server`: no "View run" lines; the server killed during a trial
+    (and MLflow told not to retry) fails and re-queues that trial, and the command exits 1 with
+    one line; once the server is back, the same command resumes the study to its end."""
+    from .test_ui import free_port, serve
+
+    port = free_port()
+    server = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+              str(port), "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+              "--artifacts-destination", str(tmp_path / "server-artifacts")]
+    path = write_study(tiny_study(budget={"n_trials": 2, "steps": 40_000, "eval_every": 50},
+                                  fixed={"hidden_width": 8, "embedding_dim": 4}))
+    spec = load_spec(path)
+    args = ["run-study", str(path), "--no-finalize", "--tracking-uri", f"http://127.0.0.1:{port}"]
+    quick_failure = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+
+    proc = serve(server, f"http://127.0.0.1:{port}/health", tmp_path)
+    run = harness(*args, cwd=tmp_path, env=quick_failure)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until a trial has reported a dev loss
+        assert run.poll() is None, finish(run)
+        if paths.journal_path().exists() and any(
+                r.intermediate for r in trials.records(load_study(spec))):
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+    code, text = finish(run)
+    assert code == 1 and "re-queued" in text and "run the command again" in text, text
+    assert "Traceback" not in text and "View run" not in text
+    recs = trials.records(load_study(spec))
+    assert [r.state.name for r in recs] == ["FAIL", "WAITING"]
+    assert "tracking store" in recs[0].fail_reason and recs[1].retry_of == 0
+
+    proc = serve(server, f"http://127.0.0.1:{port}/health", tmp_path)
+    try:
+        code, text = finish(harness(*args, "--set", "budget.steps=200", cwd=tmp_path))
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+    assert code == 0, text
+    assert "View run" not in text and f"MLflow UI:   http://127.0.0.1:{port}" in text
+    assert trials.counted(trials.records(load_study(spec))) == 2
