@@ -29,8 +29,8 @@ from harness.tracking import FAILED, FINISHED, KILLED, Tracker, TrackingError
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # how often the coordinator looks at the storage
-STOP_GRACE_S = 60.0
-EXIT_TRACKING = 3  # a worker process's exit code: the tracking store stayed unreachable  # how long interrupted workers get to record their trial
+STOP_GRACE_S = 60.0  # how long interrupted workers get to record their trial
+EXIT_TRACKING = 3  # a worker process's exit code: the tracking store stayed unreachable
 
 
 class WorkersFailed(RuntimeError):
