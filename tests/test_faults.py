@@ -86,12 +86,13 @@ def test_processes_that_create_the_mlflow_store_at_once_all_succeed(tmp_path):
     assert all(out.strip() == "ok" for out, _ in results)
 
 
-def test_two_run_studies_at_once_share_the_budget_and_propose_different_trials(
+def test_two_run_studies_at_once_in_an_empty_folder_share_the_study_and_finalize_once(
         write_study, tmp_path):
     path = write_study(tiny_study(budget={"n_trials": 6, "steps": 100, "eval_every": 50},
                                   finalize={"top_k": 1, "seeds": 1, "samples": 0}))
     spec = load_spec(path)
-    prepare_study(spec)  # the study exists; both commands resume it
+    # Started together in an empty folder: one creates the stores and the study, the other
+    # joins it; then both search and both reach finalize.
     a, b = (harness("run-study", str(path), cwd=tmp_path) for _ in range(2))
     (code_a, text_a), (code_b, text_b) = finish(a), finish(b)
     assert (code_a, code_b) == (0, 0), text_a + text_b
