@@ -115,7 +115,8 @@ def format_final(r: FinalResult) -> str:
               f"  test loss  {r.test_mean:.4f} +- {r.test_std:.4f}{evaluated}",
               "  config:    " + ", ".join(f"{k}={v}" for k, v in r.config.items())]
     if r.samples:
-        novel = f"   ({r.novel_share:.0%} not in the training words)" if r.novel_share else ""
+        novel = (f"   ({r.novel_share:.0%} not in the training words)"
+                 if r.novel_share is not None else "")
         lines.append(f"  samples:   {' '.join(r.samples[:10])}{novel}")
     lines += [f"  model:     {r.model_path}",
               f"  MLflow:    run {r.mlflow_run_id} (the 'final model' run of the study)"]
