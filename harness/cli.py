@@ -216,6 +216,42 @@ def cmd_finalize(args: argparse.Namespace) -> int:
                      workers=args.workers or spec.workers.count)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    import datetime
+
+    from harness import storage, trials
+    from harness.study import load_study
+
+    spec = _load(args)
+    study = load_study(spec)
+    record = storage.read_record(study)
+    status = trials.status(trials.records(study))
+    now = datetime.datetime.now()  # Optuna records local times
+    total = f" of {record.n_trials}" if record else ""
+    print(f"study {spec.name} ({storage.describe(spec.storage)}): {status.counted}{total} "
+          "trials counted")
+    print("  states:  " + ", ".join(f"{n} {s.lower()}" for s, n in status.states.items()))
+    if status.best is not None:
+        best = status.best
+        ago = (f", {(now - best.completed).total_seconds() / 60:.0f} min ago"
+               if best.completed else "")
+        print(f"  best:    trial {best.number}, dev {best.value:.4f} (the last improvement: "
+              f"{best.completed:%Y-%m-%d %H:%M:%S}{ago})")
+    for r in status.running:
+        step = max(r.intermediate, default=0)
+        dev = f", dev {r.intermediate[step]:.4f}" if r.intermediate else ""
+        print(f"  running: trial {r.number} on {r.worker or '?'}, step {step}{dev}")
+    if final := storage.read_final(study):
+        from harness.final import FinalResult  # the result as recorded; nothing is evaluated
+
+        r = FinalResult.from_dict(final)
+        print(f"  final:   test {r.test_mean:.4f} +- {r.test_std:.4f} (trial {r.chosen_trial}), "
+              f"the test split evaluated {r.test_evaluations} time(s)")
+    else:
+        print("  final:   not finalized")
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from harness.final import final_model
     from harness.model import sample_words
@@ -447,6 +483,8 @@ def _search_commands(add: Add) -> None:
 
 def _result_commands(add: Add) -> None:
     """The commands that look at results, and the single-config tools."""
+    add("status", cmd_status, "Where the study stands: trials by state, the running ones with "
+        "their worker and step, the best so far and when it came, the final model.", "stores")
     p = add("sample", cmd_sample, "Print names sampled from the study's final model.", "stores")
     p.add_argument("-n", type=positive_int, default=20, help="how many names (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

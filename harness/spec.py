@@ -20,6 +20,8 @@ A study file has these top-level keys (all but `search` optional)::
         choices: [constant, step]
         conditional:                  # parameters that exist only under one choice
           step: {lr_step_factor: {type: float, low: 0.05, high: 0.5}}
+    enqueue:                          # configs run first, once each (the rest is sampled)
+      - {lr: 0.1, batch_size: 32}
     storage: null                     # default: embedded journal file under mlruns/
     tracking: {uri: null, experiment: null}
     finalize: {enabled: true, top_k: 3, seeds: 3, steps: null, minutes: null, samples: 20}
@@ -167,6 +169,8 @@ class StudySpec:
     tracking: TrackingSpec
     finalize: FinalizeSpec
     workers: WorkersSpec
+    # Configs run first, once each, when the study is created (partial: the rest is sampled).
+    enqueue: tuple[Mapping[str, Any], ...]
     source: str  # the file it came from (for messages)
     raw: Mapping[str, Any] = field(repr=False, compare=False)  # the YAML after overrides
 
@@ -287,8 +291,8 @@ def _dataclass_keys(cls: type) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Sections
 
-TOP_LEVEL = ("name", "data", "budget", "sampler", "pruner", "fixed", "search", "storage",
-             "tracking", "finalize", "workers")
+TOP_LEVEL = ("name", "data", "budget", "sampler", "pruner", "fixed", "search", "enqueue",
+             "storage", "tracking", "finalize", "workers")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -522,6 +526,40 @@ def _parse_workers(raw: Any, errors: list[str]) -> WorkersSpec:
     return w
 
 
+def _parse_enqueue(raw: Any, search: Sequence[Param],
+                   errors: list[str]) -> tuple[dict[str, Any], ...]:
+    """Configs to run first: each a mapping of searched parameters to values their space
+    holds (a value outside every range or choice of its parameter is an error)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        errors.append(f"enqueue: expected a list of configs, got {type(raw).__name__}")
+        return ()
+    spaces: dict[str, list[Param]] = {}
+    for p in iter_params(search):
+        spaces.setdefault(p.name, []).append(p)
+    out = []
+    for i, item in enumerate(raw):
+        config = _mapping(item, f"enqueue[{i}]", errors)
+        _reject_unknown(config, list(spaces), f"enqueue[{i}]", errors)
+        for name, value in config.items():
+            if name not in spaces:
+                continue
+            if why := hparams.check_value(name, value):
+                errors.append(f"enqueue[{i}].{name}: {why}")
+            elif not any(_holds(p, hparams.coerce(name, value)) for p in spaces[name]):
+                errors.append(f"enqueue[{i}].{name}: {value!r} is outside its searched space")
+        out.append({k: hparams.coerce(k, v) for k, v in config.items()
+                    if k in spaces and not hparams.check_value(k, v)})
+    return tuple(out)
+
+
+def _holds(p: Param, value: Any) -> bool:
+    if isinstance(p, CategoricalParam):
+        return value in p.choices
+    return p.low <= value <= p.high
+
+
 def validate(raw: Any, source: str, default_name: str) -> StudySpec:
     """Check a parsed study file; raise SpecError with every problem, or return the spec."""
     errors: list[str] = []
@@ -548,6 +586,7 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
     workers = _parse_workers(top.get("workers"), errors)
 
     errors += _duplicates(search, "search")
+    enqueue = _parse_enqueue(top.get("enqueue"), search, errors)
     for name in {p.name for p in iter_params(search)} & set(fixed):
         errors.append(f"search.{name}: also set in fixed; a parameter is fixed or searched")
     if sampler_type == "grid":
@@ -564,7 +603,7 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
         sampler=SamplerSpec(sampler_type, sampler_opts),
         pruner=PrunerSpec(pruner_type, pruner_opts),
         fixed=fixed, search=search, storage=storage, tracking=tracking, finalize=finalize,
-        workers=workers, source=source, raw=top,
+        workers=workers, enqueue=enqueue, source=source, raw=top,
     )
 
 

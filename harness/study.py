@@ -132,6 +132,8 @@ def prepare_study(spec: StudySpec) -> tuple[optuna.Study, StudyRecord]:
         parent = tracker.study_run(spec.name, identity, _spec_yaml(spec))
         record = StudyRecord(identity, parent, spec.budget.n_trials, spec.budget.timeout,
                              timeout_start=now, created=now)
+        for params in spec.enqueue:  # once, by the process that created the study
+            study.enqueue_trial(dict(params), skip_if_exists=True)
     else:  # run-study owns the budget: a new total or timeout from it is recorded
         record = dataclasses.replace(storage.wait_for_record(study),
                                      n_trials=spec.budget.n_trials, timeout=spec.budget.timeout,

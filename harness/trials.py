@@ -170,6 +170,27 @@ def counts_by_state(recs: Sequence[TrialRecord]) -> dict[str, int]:
     return {s.name: sum(r.state == s for r in shown) for s in COUNTED_STATES}
 
 
+@dataclass(frozen=True)
+class StudyStatus:
+    """Where a study stands: what `harness status` shows."""
+
+    states: Mapping[str, int]  # trials by state name, surplus ones left out
+    counted: int  # trials that count against n_trials
+    best: TrialRecord | None  # the best complete trial
+    running: tuple[TrialRecord, ...]
+
+
+def status(recs: Sequence[TrialRecord]) -> StudyStatus:
+    """Where the study of `recs` stands."""
+    shown = [r for r in recs if not r.surplus]
+    states = {s.name: sum(r.state == s for r in shown) for s in
+              (*COUNTED_STATES, TrialState.RUNNING, TrialState.WAITING)}
+    complete = [r for r in shown if r.state == TrialState.COMPLETE and r.value is not None]
+    best = min(complete, key=lambda r: r.value, default=None)
+    return StudyStatus(states, counted(recs), best,
+                       tuple(r for r in shown if r.state == TrialState.RUNNING))
+
+
 def worker_id(device: str) -> str:
     """host:pid:device, recorded on each trial."""
     return f"{socket.gethostname()}:{os.getpid()}:{device}"

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
+from harness.spec import load_spec
 
 from .conftest import STUDIES, tiny_study
 
@@ -20,8 +21,8 @@ def harness(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-COMMANDS = ["run-study", "train", "worker", "finalize", "sample", "leaderboard", "ui", "lr-find",
-            "baseline"]
+COMMANDS = ["run-study", "train", "worker", "finalize", "status", "sample", "leaderboard", "ui",
+            "lr-find", "baseline"]
 
 
 def test_help_lists_every_command(capsys):
@@ -89,7 +90,7 @@ def test_leaderboard_of_a_study_never_run(write_study, capsys):
     assert "has not been run yet" in capsys.readouterr().err
 
 
-STUDY_COMMANDS = ["run-study", "worker", "finalize", "leaderboard", "sample", "ui"]
+STUDY_COMMANDS = ["run-study", "worker", "finalize", "status", "leaderboard", "sample", "ui"]
 
 
 @pytest.mark.parametrize("command", STUDY_COMMANDS)
@@ -127,3 +128,27 @@ def test_python_dash_m_harness_is_the_command(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "harness", "--version"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("harness ")
+
+
+@pytest.mark.slow
+def test_status_shows_states_the_running_trials_the_best_and_the_final_model(write_study,
+                                                                             capsys):
+    from harness import trials
+    from harness.study import load_study
+
+    path = write_study(tiny_study(budget={"n_trials": 2, "steps": 50, "eval_every": 50}))
+    assert main(["status", str(path)]) == 1  # never run
+    capsys.readouterr()
+    assert main(["run-study", str(path), "--no-finalize"]) == 0
+    study = load_study(load_spec(path))
+    running = study.ask()  # as a worker elsewhere would be, at step 50
+    trials.write(running, trials.TrialRecord(worker="elsewhere:123:cpu"))
+    running.report(2.5, 50)
+    capsys.readouterr()
+    assert main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    best = min(trials.search_records(study)[:2], key=lambda r: r.value)
+    assert "2 of 2 trials counted" in out and "2 complete, 0 pruned, 0 fail, 1 running" in out
+    assert f"best:    trial {best.number}, dev {best.value:.4f}" in out
+    assert "running: trial 2 on elsewhere:123:cpu, step 50, dev 2.5000" in out
+    assert "final:   not finalized" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 
 import optuna
@@ -183,3 +184,31 @@ def test_a_retry_not_yet_claimed_by_its_worker_is_not_reaped(write_study):
     assert trials.records(study)[retry.number].worker.endswith(f":{dead.pid}:cpu")
     assert reap_dead_trials(spec, study) == []
     assert study.trials[retry.number].state.name == "RUNNING"
+
+
+def test_enqueued_configs_run_first_once_each_across_resumes(write_study):
+    path = write_study(tiny_study(
+        budget={"n_trials": 3, "steps": 50, "eval_every": 50},
+        enqueue=[{"lr": 0.005, "batch_size": 32}, {"batch_size": 16}]))
+    run_search(load_spec(path))
+    recs = trials.records(load_study(load_spec(path)))
+    assert recs[0].params == {"lr": 0.005, "batch_size": 32}
+    assert recs[1].params["batch_size"] == 16 and recs[1].params["lr"] != 0.005  # lr sampled
+    run_search(load_spec(path, ["budget.n_trials=5"]))  # a resume enqueues nothing again
+    recs = trials.records(load_study(load_spec(path)))
+    assert len(recs) == 5 and sum(r.params.get("lr") == 0.005 for r in recs) == 1
+    assert {r.state.name for r in recs} == {"COMPLETE"}
+
+
+@pytest.mark.parametrize(("enqueue", "message"), [
+    ([{"hidden_width": 64}], "enqueue[0].hidden_width: unknown key"),
+    ([{"lr": 0.5}], "enqueue[0].lr: 0.5 is outside its searched space"),
+    ([{"batch_size": 48}], "enqueue[0].batch_size: 48 is outside its searched space"),
+    ([{"lr": -1.0}], "enqueue[0].lr: must be a number > 0"),
+    ({"lr": 0.005}, "enqueue: expected a list of configs"),
+])
+def test_enqueue_is_checked_against_the_space(write_study, enqueue, message):
+    from harness.spec import SpecError
+
+    with pytest.raises(SpecError, match=re.escape(message)):
+        load_spec(write_study(tiny_study(enqueue=enqueue)))
