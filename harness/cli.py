@@ -154,7 +154,7 @@ def _tracking_address(spec: StudySpec) -> str:
 
 
 def cmd_run_study(args: argparse.Namespace) -> int:
-    from harness import paths, trials
+    from harness import paths, storage, trials
     from harness.coordinator import run_search
 
     spec = _load(args)
@@ -172,6 +172,8 @@ def cmd_run_study(args: argparse.Namespace) -> int:
         print(f"best trial {best.number}: dev loss {best.value:.4f}")
         for k, v in best.hparams.items():
             print(f"  {k} = {v}")
+    if stopped := storage.read_stopped(study):
+        print(f"stopped before budget.n_trials: {stopped}")
     print(f"leaderboard: {paths.study_dir(spec.name) / 'leaderboard.csv'}")
     print(f"MLflow UI:   {_tracking_address(spec)}")
     if args.no_finalize or not spec.finalize.enabled:
@@ -237,6 +239,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                if best.completed else "")
         print(f"  best:    trial {best.number}, dev {best.value:.4f} (the last improvement: "
               f"{best.completed:%Y-%m-%d %H:%M:%S}{ago})")
+    if stopped := storage.read_stopped(study):
+        print(f"  stopped: {stopped}")
     for r in status.running:
         step = max(r.intermediate, default=0)
         dev = f", dev {r.intermediate[step]:.4f}" if r.intermediate else ""

@@ -8,7 +8,8 @@ A study file has these top-level keys (all but `search` optional)::
 
     name: quick                       # default: the file's stem
     data: {path: null, train: 0.8, dev: 0.1, test: 0.1, seed: 42}
-    budget: {n_trials: 20, steps: 10000, eval_every: 500, timeout: null}
+    budget: {n_trials: 20, steps: 10000, eval_every: 500, timeout: null,
+             patience: null}          # e.g. {trials: 10, min_delta: 0.001}
     sampler: {type: tpe, seed: 0, ...}
     pruner: {type: median, ...}
     fixed: {context_length: 3, ...}   # hyperparameters held constant
@@ -90,11 +91,21 @@ Param = IntParam | FloatParam | CategoricalParam
 
 
 @dataclass(frozen=True)
+class Patience:
+    """Stop starting trials when the best dev loss has not improved by `min_delta` over the
+    last `trials` complete trials (all workers together)."""
+
+    trials: int = 10
+    min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
 class Budget:
     n_trials: int = 20  # total trials of the study, across resumes and workers
     steps: int = 10_000  # optimizer steps per trial
     eval_every: int = 500  # steps between dev evaluations (and pruning decisions)
     timeout: float | None = None  # seconds; stop starting new trials after this
+    patience: Patience | None = None  # None: the budget alone decides
 
 
 # Options each sampler and pruner accepts, with their types. `seed` is the sampler's base seed.
@@ -297,6 +308,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 _FIELD_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+_NESTED = {"Patience": Patience}  # sections that sit inside another
 
 
 def _parse_section(raw: Any, section: str, cls: type, errors: list[str]) -> Any:
@@ -308,6 +320,11 @@ def _parse_section(raw: Any, section: str, cls: type, errors: list[str]) -> Any:
     values = {}
     for f in dataclasses.fields(cls):
         kind, _, rest = f.type.partition(" | ")
+        if kind in _NESTED:  # a section inside this one; absent or null: its default
+            values[f.name] = (getattr(default, f.name) if d.get(f.name) is None else
+                              _parse_section(d[f.name], f"{section}.{f.name}", _NESTED[kind],
+                                             errors))
+            continue
         values[f.name] = _get(d, f.name, _FIELD_TYPES[kind], getattr(default, f.name), section,
                               errors, optional=rest == "None")
     return cls(**values)
@@ -341,6 +358,11 @@ def _parse_budget(raw: Any, errors: list[str]) -> Budget:
                       "no evaluation would happen before the end")
     if b.timeout is not None and b.timeout <= 0:
         errors.append(f"budget.timeout: must be > 0 seconds, got {b.timeout}")
+    if b.patience is not None:
+        _at_least(b.patience, "budget.patience", 1, ("trials",), errors)
+        if b.patience.min_delta < 0:
+            errors.append(f"budget.patience.min_delta: must be >= 0, got "
+                          f"{b.patience.min_delta}")
     return b
 
 

@@ -39,6 +39,7 @@ CLAIM_SEP = "::"  # <study>::<key> names a claim
 _CLAIM_ATTR = "claim"
 _RECORD_ATTR = "harness"  # the study user attr that holds its StudyRecord
 _FINAL_ATTR = "final"  # the study user attr that holds the final result
+_STOPPED_ATTR = "stopped"  # why the study stopped early (budget.patience), or None
 WAIT_FOR_RECORD_S = 120.0  # how long a joining process waits for the creator to record
 
 
@@ -161,6 +162,8 @@ class StudyRecord:
     timeout: float | None  # seconds after timeout_start: no new trials
     timeout_start: float  # epoch seconds: when the last run-study started
     created: float  # epoch seconds
+    patience_trials: int | None = None  # budget.patience: stop after this many without gain
+    patience_min_delta: float = 0.0
 
     @property
     def deadline(self) -> float | None:
@@ -175,6 +178,15 @@ def write_record(study: optuna.Study, record: StudyRecord) -> None:
 def read_record(study: optuna.Study) -> StudyRecord | None:
     raw = study.user_attrs.get(_RECORD_ATTR)
     return StudyRecord(**raw) if raw else None
+
+
+def write_stopped(study: optuna.Study, reason: str | None) -> None:
+    """Why the study stopped starting trials before its budget (None: it did not)."""
+    study.set_user_attr(_STOPPED_ATTR, reason)
+
+
+def read_stopped(study: optuna.Study) -> str | None:
+    return study.user_attrs.get(_STOPPED_ATTR)
 
 
 def write_final(study: optuna.Study, result: dict[str, Any]) -> None:

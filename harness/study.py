@@ -131,17 +131,24 @@ def prepare_study(spec: StudySpec) -> tuple[optuna.Study, StudyRecord]:
         identity = uuid.uuid4().hex
         parent = tracker.study_run(spec.name, identity, _spec_yaml(spec))
         record = StudyRecord(identity, parent, spec.budget.n_trials, spec.budget.timeout,
-                             timeout_start=now, created=now)
+                             timeout_start=now, created=now, **_patience(spec))
         for params in spec.enqueue:  # once, by the process that created the study
             study.enqueue_trial(dict(params), skip_if_exists=True)
     else:  # run-study owns the budget: a new total or timeout from it is recorded
         record = dataclasses.replace(storage.wait_for_record(study),
                                      n_trials=spec.budget.n_trials, timeout=spec.budget.timeout,
-                                     timeout_start=now)
+                                     timeout_start=now, **_patience(spec))
         tracker.study_run(spec.name, record.identity, _spec_yaml(spec))
     storage.write_record(study, record)
+    storage.write_stopped(study, None)  # patience is judged afresh by this run
     trials.reap_dead(study, spec.workers.max_retry, close_run_failed(spec))
     return study, record
+
+
+def _patience(spec: StudySpec) -> dict[str, Any]:
+    p = spec.budget.patience
+    return {"patience_trials": p.trials if p else None,
+            "patience_min_delta": p.min_delta if p else 0.0}
 
 
 def join_study(spec: StudySpec, explicit: Collection[str] = ()) -> tuple[optuna.Study,
@@ -301,6 +308,11 @@ def work(spec: StudySpec, *, observer: SearchObserver | None = None, device: str
         while not trials.budget_taken(trials.records(study), record.n_trials):
             if record.deadline is not None and time.time() >= record.deadline:
                 log.info("budget.timeout reached; no new trials")
+                break
+            if record.patience_trials and (reason := trials.stalled(
+                    trials.records(study), record.patience_trials, record.patience_min_delta)):
+                storage.write_stopped(study, reason)
+                log.info("budget.patience: %s; no new trials", reason)
                 break
             done = _run_trial(spec, study, objective)
             recs = trials.records(study)

@@ -164,6 +164,22 @@ def best_value(recs: Sequence[TrialRecord]) -> float | None:
                default=None)
 
 
+def stalled(recs: Sequence[TrialRecord], patience: int, min_delta: float) -> str | None:
+    """Why the study should start no more trials: its best dev loss did not improve by
+    `min_delta` over its last `patience` complete trials (by the time they ended); else None."""
+    complete = sorted((r for r in recs if r.state == TrialState.COMPLETE
+                       and r.value is not None and r.completed is not None),
+                      key=lambda r: r.completed)
+    if len(complete) <= patience:
+        return None
+    before = min(r.value for r in complete[:-patience])
+    recent = min(r.value for r in complete[-patience:])
+    if recent > before - min_delta:
+        return (f"no improvement by {min_delta:g} over the last {patience} complete trials "
+                f"(best {before:.4f} before them, {recent:.4f} among them)")
+    return None
+
+
 def counts_by_state(recs: Sequence[TrialRecord]) -> dict[str, int]:
     """Complete, pruned and failed trials, by state name (surplus ones left out)."""
     shown = [r for r in recs if not r.surplus]

@@ -212,3 +212,40 @@ def test_enqueue_is_checked_against_the_space(write_study, enqueue, message):
 
     with pytest.raises(SpecError, match=re.escape(message)):
         load_spec(write_study(tiny_study(enqueue=enqueue)))
+
+
+def test_patience_stops_new_trials_and_says_why(write_study, capsys):
+    """The best config runs first (enqueued), two worse ones follow: with patience 2 the study
+    stops after 3 of its 6 trials, says why, and a rerun judges patience afresh."""
+    from harness.cli import main
+
+    path = write_study(tiny_study(
+        budget={"n_trials": 6, "steps": 100, "eval_every": 50,
+                "patience": {"trials": 2, "min_delta": 0.0}},
+        enqueue=[{"lr": 0.01, "batch_size": 32}, {"lr": 0.0011, "batch_size": 16},
+                 {"lr": 0.0012, "batch_size": 16}],
+        finalize={"enabled": False}))
+    assert main(["run-study", str(path)]) == 0
+    out = capsys.readouterr().out
+    study = load_study(load_spec(path))
+    assert trials.counted(trials.records(study)) == 3
+    assert "stopped before budget.n_trials: no improvement by 0 over the last 2" in out
+    assert "no improvement" in storage.read_stopped(study)
+    assert main(["run-study", str(path), "--set", "budget.patience=null"]) == 0
+    assert trials.counted(trials.records(load_study(load_spec(path)))) == 6
+    assert storage.read_stopped(load_study(load_spec(path))) is None
+
+
+def test_stalled_needs_more_than_patience_trials_and_an_improvement_by_min_delta():
+    import datetime
+
+    def complete(*values):
+        t0 = datetime.datetime(2026, 1, 1)
+        return [trials.TrialRecord(number=i, state=optuna.trial.TrialState.COMPLETE, value=v,
+                                   completed=t0 + datetime.timedelta(minutes=i))
+                for i, v in enumerate(values)]
+
+    assert trials.stalled(complete(2.0, 2.1), 2, 0.0) is None  # too few to judge
+    assert trials.stalled(complete(2.0, 2.1, 2.05), 2, 0.0) is not None
+    assert trials.stalled(complete(2.0, 2.1, 1.995), 2, 0.0) is None  # improved
+    assert trials.stalled(complete(2.0, 2.1, 1.995), 2, 0.01) is not None  # not by enough
