@@ -25,6 +25,7 @@ examples:
   harness run-study studies/quick.yaml               a real search, then the final model
   harness leaderboard studies/quick.yaml --out leaderboard.csv
   harness finalize studies/quick.yaml                choose on dev, then test once
+  harness status studies/quick.yaml                  where the study stands
   harness sample studies/quick.yaml -n 20 --seed 0   names from the final model
   harness train studies/lecture.yaml --json          the lecture's config, no search
   harness lr-find studies/lecture.yaml               a range for the lr of a search
