@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import signal
 import time
-import warnings
 from typing import Any
 
 import optuna
@@ -23,7 +22,7 @@ from harness import leaderboard, logs, paths, storage, trials
 from harness.events import SearchObserver
 from harness.spec import StudySpec
 from harness.storage import StudyRecord
-from harness.study import close_run_failed, open_tracker, prepare_study, work
+from harness.study import open_tracker, prepare_study, reap, work
 from harness.tracking import FAILED, FINISHED, KILLED, Tracker, TrackingError
 
 log = logging.getLogger(__name__)
@@ -89,11 +88,8 @@ def _await_others(spec: StudySpec, study: optuna.Study, record: StudyRecord,
     while running := [r.number for r in trials.records(study) if r.state == TrialState.RUNNING]:
         log.info("waiting for trials %s, run by other processes", running)
         time.sleep(POLL_S)
-        if storage.heartbeats(study):  # a worker elsewhere that stopped beating
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
-        trials.reap_dead(study, spec.workers.max_retry, close_run_failed(spec))
+        storage.fail_stale(study)  # a worker elsewhere that stopped beating
+        reap(spec, study)
         watcher.poll()
 
 
@@ -176,18 +172,15 @@ class _Pool:
         try:
             while any(p.is_alive() for p in self.procs.values()):
                 time.sleep(POLL_S)
-                self._reap(study)
+                reap(self.spec, study)
                 watcher.poll()
                 self._replace_dead(study, record)
-            self._reap(study)
+            reap(self.spec, study)
             watcher.poll()
         except BaseException:
             self.stop()
-            self._reap(study)
+            reap(self.spec, study)
             raise
-
-    def _reap(self, study: optuna.Study) -> None:
-        trials.reap_dead(study, self.spec.workers.max_retry, close_run_failed(self.spec))
 
     def _replace_dead(self, study: optuna.Study, record: StudyRecord) -> None:
         """Start a replacement for each worker that died while trials remain."""

@@ -243,6 +243,15 @@ def heartbeats(study: optuna.Study) -> bool:
     return bool(interval and interval())
 
 
+def fail_stale(study: optuna.Study) -> None:
+    """Fail the trials whose workers stopped beating (database storages; the storage's
+    stale-trial callback re-queues them). A no-op for the journal, which has no heartbeats."""
+    if heartbeats(study):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+
 @contextlib.contextmanager
 def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     """Beat for `trial` every heartbeat interval while the block runs (database storages)."""

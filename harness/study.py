@@ -77,6 +77,11 @@ def close_run_failed(spec: StudySpec) -> trials.CloseRun:
     return lambda run_id: open_tracker(spec).end_run(run_id, FAILED)
 
 
+def reap(spec: StudySpec, study: optuna.Study) -> list[int]:
+    """Fail and re-queue the running trials of dead worker processes on this host."""
+    return trials.reap_dead(study, spec.workers.max_retry, close_run_failed(spec))
+
+
 class _RetryStale:
     """Optuna's heartbeat callback for database storages: re-queue the stale trial (picklable)."""
 
@@ -141,7 +146,7 @@ def prepare_study(spec: StudySpec) -> tuple[optuna.Study, StudyRecord]:
         tracker.study_run(spec.name, record.identity, _spec_yaml(spec))
     storage.write_record(study, record)
     storage.write_stopped(study, None)  # patience is judged afresh by this run
-    trials.reap_dead(study, spec.workers.max_retry, close_run_failed(spec))
+    reap(spec, study)
     return study, record
 
 
@@ -304,31 +309,28 @@ def work(spec: StudySpec, *, observer: SearchObserver | None = None, device: str
     study.sampler = build_sampler(spec, seed_offset=1000 * storage.next_number(study, "sampler"))
     study.pruner = build_pruner(spec)
     objective = _Objective(spec, open_tracker(spec), record, observer, device)
+    recs = trials.records(study)
     with sealed_test_split():  # no trial can read the test split, even by mistake
-        while not trials.budget_taken(trials.records(study), record.n_trials):
+        while not trials.budget_taken(recs, record.n_trials):
             if record.deadline is not None and time.time() >= record.deadline:
                 log.info("budget.timeout reached; no new trials")
                 break
             if record.patience_trials and (reason := trials.stalled(
-                    trials.records(study), record.patience_trials, record.patience_min_delta)):
+                    recs, record.patience_trials, record.patience_min_delta)):
                 storage.write_stopped(study, reason)
                 log.info("budget.patience: %s; no new trials", reason)
                 break
-            done = _run_trial(spec, study, objective)
+            number = _run_trial(spec, study, objective)
             recs = trials.records(study)
-            if observer and done is not None and not done.surplus:
-                observer.trial_finished(done, trials.counted(recs), record.n_trials,
+            if observer and number is not None and not recs[number].surplus:
+                observer.trial_finished(recs[number], trials.counted(recs), record.n_trials,
                                         trials.best_value(recs))
 
 
-def _run_trial(spec: StudySpec, study: optuna.Study,
-               objective: _Objective) -> TrialRecord | None:
+def _run_trial(spec: StudySpec, study: optuna.Study, objective: _Objective) -> int | None:
     """Ask for a trial, run the objective with heartbeats, tell its outcome. Returns the
-    finished trial's record; None when another process took the trial over."""
-    if storage.heartbeats(study):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+    finished trial's number; None when another process took the trial over."""
+    storage.fail_stale(study)  # as study.optimize does before each trial
     with warnings.catch_warnings():  # Optuna warns that only study.optimize beats: this does
         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
         trial = study.ask()
@@ -356,7 +358,7 @@ def _run_trial(spec: StudySpec, study: optuna.Study,
         # inside study.optimize; the trial is stored by then, and n_trials decides the end.
         if not isinstance(study.sampler, optuna.samplers.GridSampler):
             raise
-    return trials.TrialRecord.from_trial(study.get_trials(deepcopy=False)[trial.number])
+    return trial.number
 
 
 def _fail_and_requeue(spec: StudySpec, study: optuna.Study, trial: optuna.Trial,

@@ -166,23 +166,20 @@ def test_a_retry_not_yet_claimed_by_its_worker_is_not_reaped(write_study):
     import subprocess
     import sys
 
-    from harness.study import close_run_failed
+    from harness.study import reap
 
     spec = load_spec(write_study(tiny_study()))
     study, _ = prepare_study(spec)
-
-    def reap_dead_trials(spec, study):
-        return trials.reap_dead(study, spec.workers.max_retry, close_run_failed(spec))
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lost = study.ask()
     lost.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}:cpu")
-    assert reap_dead_trials(spec, study) == [lost.number]  # failed and re-queued
+    assert reap(spec, study) == [lost.number]  # failed and re-queued
     retry = study.ask()  # a worker takes the re-queued trial
     assert study.trials[retry.number].system_attrs["retry_history"] == [lost.number]
     assert trials.records(study)[retry.number].worker.endswith(f":{dead.pid}:cpu")
-    assert reap_dead_trials(spec, study) == []
+    assert reap(spec, study) == []
     assert study.trials[retry.number].state.name == "RUNNING"
 
 
