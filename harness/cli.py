@@ -137,7 +137,11 @@ def _load(args: argparse.Namespace, path: str | None = None) -> StudySpec:
         values["storage"] = args.storage
     if getattr(args, "tracking_uri", None):
         values["tracking.uri"] = args.tracking_uri
-    return load_spec(path or args.study, args.set, values)
+    spec = load_spec(path or args.study, args.set, values)
+    if getattr(args, "enqueue", None):  # after the file's own enqueue list
+        values["enqueue"] = [*(spec.raw.get("enqueue") or []), *args.enqueue]
+        spec = load_spec(path or args.study, args.set, values)
+    return spec
 
 
 def _explicit(args: argparse.Namespace) -> set[str]:
@@ -164,6 +168,10 @@ def cmd_run_study(args: argparse.Namespace) -> int:
           f"sampler {spec.sampler.type}, pruner {spec.pruner.type}, {workers} worker(s)",
           file=sys.stderr)
     study = run_search(spec, workers=workers, observer=Progress(), device=args.device)
+    record = storage.read_record(study)
+    if record is not None and record.warm_from:
+        print(f"warm start: {record.warm_trials} complete trials of study {record.warm_from} "
+              f"added ({record.warm_skipped} skipped: they do not fit this study)")
     recs = trials.search_records(study)
     print(f"study {spec.name}: " + ", ".join(
         f"{n} {s.lower()}" for s, n in trials.counts_by_state(recs).items()))
@@ -223,7 +231,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import datetime
 
     from harness import storage, trials
-    from harness.study import load_study
+    from harness.study import load_study, open_checkpoints
 
     spec = _load(args)
     study = load_study(spec)
@@ -234,6 +242,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"study {spec.name} ({storage.describe(spec.storage)}): {status.counted}{total} "
           "trials counted")
     print("  states:  " + ", ".join(f"{n} {s.lower()}" for s, n in status.states.items()))
+    if status.warm and record is not None:
+        print(f"  warm:    {status.warm} complete trials of study {record.warm_from} "
+              "(warm_start: they inform the sampler and are not counted)")
     if status.best is not None:
         best = status.best
         ago = (f", {(now - best.completed).total_seconds() / 60:.0f} min ago"
@@ -245,7 +256,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in status.running:
         step = max(r.intermediate, default=0)
         dev = f", dev {r.intermediate[step]:.4f}" if r.intermediate else ""
-        print(f"  running: trial {r.number} on {r.worker or '?'}, step {step}{dev}")
+        saved = f", checkpoint at step {r.checkpoint_step}" if r.checkpoint_step else ""
+        resumed = f", resumed from step {r.resumed_from_step}" if r.resumed_from_step else ""
+        print(f"  running: trial {r.number} on {r.worker or '?'}, step {step}{dev}{saved}"
+              f"{resumed}")
+    ckpts = open_checkpoints(spec)
+    print(f"  checkpoints: {ckpts.disk_bytes() / 1e6:.1f} MB on this machine's disk "
+          f"({ckpts.folder})")
     if final := storage.read_final(study):
         from harness.final import FinalResult  # the result as recorded; nothing is evaluated
 
@@ -474,6 +491,10 @@ def _search_commands(add: Add) -> None:
     p.add_argument("--no-finalize", action="store_true",
                    help="stop after the search; do not retrain the best trials or touch the "
                         "test split")
+    p.add_argument("--enqueue", action="append", default=[], metavar="NAME",
+                   help="run a named config first, cut to the study's space (repeatable; "
+                        "names: lecture). Like `enqueue:` in the study file: it takes effect "
+                        "when the study is created")
     add("worker", cmd_worker,
         "Join a study started by `run-study` (from another terminal or machine): run its "
         "trials until it has the budget it was started with.", "stores", "device")

@@ -1,4 +1,4 @@
-"""The spec's sampler and pruner, built in Optuna's terms.
+"""The spec's sampler and pruner, and its space, built in Optuna's terms.
 
 A pruner's resource is optimizer steps: a trial reports its dev loss every `budget.eval_every`
 steps. Each worker process builds its own sampler with its own seed (harness.study draws the
@@ -8,11 +8,17 @@ seed offset from the storage, so no two processes propose the same trials).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
 from harness.spec import CategoricalParam, IntParam, Param, StudySpec, iter_params
 
@@ -71,3 +77,29 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         opts.setdefault("min_resource", spec.budget.eval_every)
         return optuna.pruners.HyperbandPruner(max_resource=spec.budget.steps, **opts)
     raise ValueError(f"unknown pruner {kind!r}")
+
+
+def fit(space: Sequence[Param], values: Mapping[str, Any],
+        ) -> tuple[dict[str, BaseDistribution], str | None]:
+    """The distributions of the parameters of `space` that `values` make active (conditional
+    ones under the chosen branch), or why `values` do not fit the space."""
+    dists: dict[str, BaseDistribution] = {}
+    for p in space:
+        if p.name not in values:
+            return {}, f"it has no {p.name}"
+        v = values[p.name]
+        if isinstance(p, CategoricalParam):
+            if v not in p.choices:
+                return {}, f"{p.name}={v!r} is not one of {list(p.choices)}"
+            dists[p.name] = CategoricalDistribution(list(p.choices))
+            sub, why = fit(p.conditional.get(v, ()), values)
+            if why:
+                return {}, why
+            dists.update(sub)
+        elif not p.low <= v <= p.high:
+            return {}, f"{p.name}={v!r} is outside {p.low}..{p.high}"
+        elif isinstance(p, IntParam):
+            dists[p.name] = IntDistribution(p.low, p.high, log=p.log, step=p.step or 1)
+        else:
+            dists[p.name] = FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+    return dists, None

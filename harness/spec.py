@@ -9,7 +9,9 @@ A study file has these top-level keys (all but `search` optional)::
     name: quick                       # default: the file's stem
     data: {path: null, train: 0.8, dev: 0.1, test: 0.1, seed: 42}
     budget: {n_trials: 20, steps: 10000, eval_every: 500, timeout: null,
-             patience: null}          # e.g. {trials: 10, min_delta: 0.001}
+             patience: null,          # e.g. {trials: 10, min_delta: 0.001}
+             checkpoint_every: null,  # null: at every evaluation; 0: no checkpoints
+             keep_checkpoints: false}
     sampler: {type: tpe, seed: 0, ...}
     pruner: {type: median, ...}
     fixed: {context_length: 3, ...}   # hyperparameters held constant
@@ -23,6 +25,8 @@ A study file has these top-level keys (all but `search` optional)::
           step: {lr_step_factor: {type: float, low: 0.05, high: 0.5}}
     enqueue:                          # configs run first, once each (the rest is sampled)
       - {lr: 0.1, batch_size: 32}
+      - lecture                       # a named config, cut to the space (NAMED_CONFIGS)
+    warm_start: {study: earlier.yaml, top: 20}   # or a study name in this storage
     storage: null                     # default: embedded journal file under mlruns/
     tracking: {uri: null, experiment: null}
     finalize: {enabled: true, top_k: 3, seeds: 3, steps: null, minutes: null, samples: 20}
@@ -106,6 +110,15 @@ class Budget:
     eval_every: int = 500  # steps between dev evaluations (and pruning decisions)
     timeout: float | None = None  # seconds; stop starting new trials after this
     patience: Patience | None = None  # None: the budget alone decides
+    # Steps between trial checkpoints (a multiple of eval_every); None: at every evaluation;
+    # 0: none (a lost trial then restarts from step 0).
+    checkpoint_every: int | None = None
+    keep_checkpoints: bool = False  # keep finished trials' checkpoints (default: deleted)
+
+    @property
+    def checkpoint_interval(self) -> int:
+        """Steps between checkpoints; 0 for none."""
+        return self.eval_every if self.checkpoint_every is None else self.checkpoint_every
 
 
 # Options each sampler and pruner accepts, with their types. `seed` is the sampler's base seed.
@@ -168,6 +181,22 @@ class FinalizeSpec:
 
 
 @dataclass(frozen=True)
+class WarmStart:
+    """Start from an earlier study's complete trials: added as finished trials when this study
+    is created, so the sampler starts informed (trials that do not fit this space are skipped)."""
+
+    study: str = ""  # a study file (.yaml), or a study's name in this study's storage
+    top: int | None = None  # only its best `top` complete trials; None: all of them
+
+
+# Named configs that `enqueue:` (and `run-study --enqueue NAME`) accept in place of a mapping:
+# each is cut to the study's space (a value outside it is left to the sampler).
+NAMED_CONFIGS: Mapping[str, Mapping[str, Any]] = {
+    "lecture": hparams.DEFAULTS,  # "makemore part 2"'s hand-tuned config: the defaults
+}
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     data: DataConfig
@@ -182,6 +211,7 @@ class StudySpec:
     workers: WorkersSpec
     # Configs run first, once each, when the study is created (partial: the rest is sampled).
     enqueue: tuple[Mapping[str, Any], ...]
+    warm_start: WarmStart | None
     source: str  # the file it came from (for messages)
     raw: Mapping[str, Any] = field(repr=False, compare=False)  # the YAML after overrides
 
@@ -303,7 +333,7 @@ def _dataclass_keys(cls: type) -> list[str]:
 # Sections
 
 TOP_LEVEL = ("name", "data", "budget", "sampler", "pruner", "fixed", "search", "enqueue",
-             "storage", "tracking", "finalize", "workers")
+             "warm_start", "storage", "tracking", "finalize", "workers")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -358,6 +388,10 @@ def _parse_budget(raw: Any, errors: list[str]) -> Budget:
                       "no evaluation would happen before the end")
     if b.timeout is not None and b.timeout <= 0:
         errors.append(f"budget.timeout: must be > 0 seconds, got {b.timeout}")
+    if b.checkpoint_every is not None and (b.checkpoint_every < 0 or b.eval_every >= 1 and
+                                           b.checkpoint_every % b.eval_every):
+        errors.append(f"budget.checkpoint_every: must be 0 (none) or a multiple of "
+                      f"budget.eval_every ({b.eval_every}), got {b.checkpoint_every}")
     if b.patience is not None:
         _at_least(b.patience, "budget.patience", 1, ("trials",), errors)
         if b.patience.min_delta < 0:
@@ -562,6 +596,13 @@ def _parse_enqueue(raw: Any, search: Sequence[Param],
         spaces.setdefault(p.name, []).append(p)
     out = []
     for i, item in enumerate(raw):
+        if isinstance(item, str):  # a named config, cut to the space
+            if item not in NAMED_CONFIGS:
+                errors.append(f"enqueue[{i}]: unknown config name {item!r}; named configs: "
+                              f"{', '.join(NAMED_CONFIGS)}")
+                continue
+            out.append(_cut_to_space(NAMED_CONFIGS[item], search))
+            continue
         config = _mapping(item, f"enqueue[{i}]", errors)
         _reject_unknown(config, list(spaces), f"enqueue[{i}]", errors)
         for name, value in config.items():
@@ -574,6 +615,22 @@ def _parse_enqueue(raw: Any, search: Sequence[Param],
         out.append({k: hparams.coerce(k, v) for k, v in config.items()
                     if k in spaces and not hparams.check_value(k, v)})
     return tuple(out)
+
+
+def _cut_to_space(config: Mapping[str, Any], space: Sequence[Param]) -> dict[str, Any]:
+    """The values of `config` that the searched space can hold, conditional ones only under
+    the branch `config` chooses (the rest is sampled)."""
+    out: dict[str, Any] = {}
+    for p in space:
+        value = config.get(p.name)
+        holds = p.name in config and _holds(p, value)
+        if holds:
+            out[p.name] = value
+        if isinstance(p, CategoricalParam):  # a sampled choice may take any branch
+            for choice, sub in p.conditional.items():
+                if not holds or choice == value:
+                    out.update(_cut_to_space(config, sub))
+    return out
 
 
 def _holds(p: Param, value: Any) -> bool:
@@ -609,6 +666,12 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
 
     errors += _duplicates(search, "search")
     enqueue = _parse_enqueue(top.get("enqueue"), search, errors)
+    warm_start = None
+    if top.get("warm_start") is not None:
+        warm_start = _parse_section(top["warm_start"], "warm_start", WarmStart, errors)
+        if not warm_start.study:
+            errors.append("warm_start.study: name the earlier study (its file or its name)")
+        _at_least(warm_start, "warm_start", 1, ("top",), errors)
     for name in {p.name for p in iter_params(search)} & set(fixed):
         errors.append(f"search.{name}: also set in fixed; a parameter is fixed or searched")
     if sampler_type == "grid":
@@ -625,7 +688,7 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
         sampler=SamplerSpec(sampler_type, sampler_opts),
         pruner=PrunerSpec(pruner_type, pruner_opts),
         fixed=fixed, search=search, storage=storage, tracking=tracking, finalize=finalize,
-        workers=workers, enqueue=enqueue, source=source, raw=top,
+        workers=workers, enqueue=enqueue, warm_start=warm_start, source=source, raw=top,
     )
 
 

@@ -60,6 +60,9 @@ def _tanh(z: torch.Tensor) -> torch.Tensor:
 
 
 class Step(Protocol):
+    # The optimizer whose state a checkpoint saves; None where the step keeps none (plain SGD).
+    optimizer: torch.optim.Optimizer | None
+
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> torch.Tensor:
         """One update on the minibatch (xb (B, T), yb (B,)) at learning rate `lr`; returns the
         minibatch's mean loss as a detached 0-dim tensor (no host sync)."""
@@ -145,7 +148,7 @@ class ManualStep:
         self.sgd = hp.optimizer == "sgd"
         self.weight_decay = hp.weight_decay
         # AdamW keeps its moments in torch's optimizer; the gradients are handed to it.
-        self.adamw = None if self.sgd else make_optimizer(hp, model, lr_tensor)
+        self.optimizer = self.adamw = None if self.sgd else make_optimizer(hp, model, lr_tensor)
         # Dense parameters in a fixed order, for the fused updates.
         self.dense = [p for lin in (*self.linears, model.output) for p in (lin.weight, lin.bias)]
         # -1 per example, added at its target's logit: softmax - onehot in one scatter.
@@ -237,6 +240,10 @@ class GraphedStep:
         self.loss: torch.Tensor | None = None
         self.capture = capture
 
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        return self.inner.optimizer
+
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> torch.Tensor:
         self.xb.copy_(xb)
         self.yb.copy_(yb)
@@ -253,6 +260,9 @@ class GraphedStep:
         """Warm up on a side stream, undo the warm-up's updates, then record one step."""
         model, opt = self.inner.model, self.inner.adamw
         params = [p.detach().clone() for p in model.parameters()]
+        # The optimizer's moments: empty on a fresh run, loaded from a checkpoint on a resume.
+        moments = {p: {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+                   for p, state in (opt.state.items() if opt is not None else ())}
         rng = torch.cuda.get_rng_state()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -261,14 +271,15 @@ class GraphedStep:
                 self.inner(self.xb, self.yb, self.lr)
         torch.cuda.current_stream().wait_stream(side)
         # The warm-up trained on the first batch: put the weights, the optimizer's moments
-        # (created by the warm-up, so zero before) and the RNG back.
+        # (zero where the warm-up created them) and the RNG back.
         with torch.no_grad():
             for p, saved in zip(model.parameters(), params, strict=True):
                 p.copy_(saved)
-            for state in (opt.state.values() if opt is not None else ()):
-                for value in state.values():
+            for p, state in (opt.state.items() if opt is not None else ()):
+                for key, value in state.items():
                     if isinstance(value, torch.Tensor):
-                        value.zero_()
+                        before = moments.get(p, {}).get(key)
+                        value.copy_(before) if before is not None else value.zero_()
         torch.cuda.set_rng_state(rng)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):

@@ -164,6 +164,9 @@ class StudyRecord:
     created: float  # epoch seconds
     patience_trials: int | None = None  # budget.patience: stop after this many without gain
     patience_min_delta: float = 0.0
+    warm_from: str | None = None  # warm_start: the earlier study
+    warm_trials: int = 0  # its trials added to this one
+    warm_skipped: int = 0  # its trials that did not fit this study
 
     @property
     def deadline(self) -> float | None:
@@ -225,9 +228,14 @@ def trial_id(study: optuna.Study, number: int) -> int:
     return study.get_trials(deepcopy=False)[number]._trial_id
 
 
+def frozen(trial: optuna.Trial) -> FrozenTrial:
+    """A running trial as the storage has it now (another process may have failed it)."""
+    return trial.study._storage.get_trial(trial._trial_id)
+
+
 def trial_state(trial: optuna.Trial) -> optuna.trial.TrialState:
     """A running trial's state as the storage has it now (another process may have failed it)."""
-    return trial.study._storage.get_trial(trial._trial_id).state
+    return frozen(trial).state
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial, max_retry: int) -> None:

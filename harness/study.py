@@ -18,21 +18,34 @@ import uuid
 import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from harness import hparams, storage, trials
+from harness import hparams, paths, storage, trials
+from harness.checkpoints import CheckpointStore
 from harness.data import DataError, load_search_data, sealed_test_split, summarize
 from harness.events import SearchObserver
+from harness.hparams import HParams
 from harness.redact import redact
-from harness.samplers import build_pruner, build_sampler
+from harness.samplers import build_pruner, build_sampler, fit
 from harness.spec import CategoricalParam, FloatParam, IntParam, Param, StudySpec, iter_params
 from harness.storage import StudyNotFound, StudyRecord
-from harness.tracking import FAILED, FINISHED, KILLED, Tracker, TrackingError, check_reachable
-from harness.train import Evaluation, TrainingDiverged, train
+from harness.tracking import (
+    FAILED,
+    FINISHED,
+    KILLED,
+    ChildRun,
+    RunArtifacts,
+    Tracker,
+    TrackingError,
+    check_reachable,
+    is_server,
+)
+from harness.train import Evaluation, OnCheckpoint, OnEval, TrainingDiverged, TrainState, train
 from harness.trials import TrialRecord
 
 log = logging.getLogger(__name__)
@@ -45,6 +58,11 @@ REQUEUED_FAULTS = (KeyboardInterrupt, TrackingError)
 
 class TrialLost(RuntimeError):
     """Another process failed this worker's trial while it trained (a stale heartbeat)."""
+
+    @classmethod
+    def at(cls, number: int, step: int) -> TrialLost:
+        return cls(f"trial {number} was failed by another worker (its heartbeat went stale) "
+                   f"at step {step}; stopped training")
 
 
 class BudgetConflict(ValueError):
@@ -64,6 +82,16 @@ def open_study_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
 def open_tracker(spec: StudySpec) -> Tracker:
     """The study's MLflow experiment: `tracking.experiment`, else the study's name."""
     return Tracker(spec.tracking.uri, spec.tracking.experiment or spec.name)
+
+
+def open_checkpoints(spec: StudySpec, tracker: Tracker | None = None,
+                     parent_run_id: str | None = None) -> CheckpointStore:
+    """The study's trial checkpoints: a folder under the results root, shared through the
+    study's MLflow run when the tracking store is a server (give its tracker and run)."""
+    remote = None
+    if tracker is not None and parent_run_id and is_server(spec.tracking.uri):
+        remote = RunArtifacts(tracker, parent_run_id)
+    return CheckpointStore(paths.study_dir(spec.name) / "checkpoints", remote)
 
 
 def load_study(spec: StudySpec) -> optuna.Study:
@@ -136,7 +164,8 @@ def prepare_study(spec: StudySpec) -> tuple[optuna.Study, StudyRecord]:
         identity = uuid.uuid4().hex
         parent = tracker.study_run(spec.name, identity, _spec_yaml(spec))
         record = StudyRecord(identity, parent, spec.budget.n_trials, spec.budget.timeout,
-                             timeout_start=now, created=now, **_patience(spec))
+                             timeout_start=now, created=now, **_patience(spec),
+                             **_warm_start(spec, study))
         for params in spec.enqueue:  # once, by the process that created the study
             study.enqueue_trial(dict(params), skip_if_exists=True)
     else:  # run-study owns the budget: a new total or timeout from it is recorded
@@ -154,6 +183,52 @@ def _patience(spec: StudySpec) -> dict[str, Any]:
     p = spec.budget.patience
     return {"patience_trials": p.trials if p else None,
             "patience_min_delta": p.min_delta if p else 0.0}
+
+
+def _warm_start(spec: StudySpec, study: optuna.Study) -> dict[str, Any]:
+    """Add the earlier study's complete trials that fit this one's space, fixed values and
+    steps, as finished trials (linked to their MLflow runs, not copied); warn of the others.
+    Returns what to record: the earlier study and how many trials were added and skipped."""
+    if spec.warm_start is None:
+        return {}
+    source = _earlier_study(spec)
+    complete = sorted((r for r in trials.records(source)
+                       if r.state == TrialState.COMPLETE and r.value is not None),
+                      key=lambda r: r.value)[:spec.warm_start.top]
+    added = 0
+    for r in complete:
+        dists, why = fit(spec.search, r.hparams)
+        params = {k: r.hparams[k] for k in dists}
+        base = spec.base_hparams(**params).to_dict() if why is None else {}
+        why = why or next((f"it trained with {k}={r.hparams.get(k)!r}, this study uses {v!r}"
+                           for k, v in base.items() if k != "seed" and r.hparams.get(k) != v),
+                          None)
+        if why is None and r.steps != spec.budget.steps:
+            why = f"it trained {r.steps} steps, this study's trials train {spec.budget.steps}"
+        if why:
+            log.warning("warm start: trial %d of %s skipped: %s", r.number, source.study_name,
+                        why)
+            continue
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=dists, value=r.value, intermediate_values=r.intermediate,
+            user_attrs=dataclasses.replace(
+                r, warm_from=r.warm_from or f"{source.study_name}#{r.number}").to_attrs()))
+        added += 1
+    return {"warm_from": source.study_name, "warm_trials": added,
+            "warm_skipped": len(complete) - added}
+
+
+def _earlier_study(spec: StudySpec) -> optuna.Study:
+    """warm_start.study: a study file (its storage and name), else a name in this storage."""
+    assert spec.warm_start is not None
+    name = spec.warm_start.study
+    if name.endswith((".yaml", ".yml")):
+        from harness.spec import load_spec
+
+        path = Path(name) if Path(name).exists() else Path(spec.source).parent / name
+        earlier = load_spec(path)
+        return storage.load(earlier.storage, earlier.name)
+    return storage.load(spec.storage, name)
 
 
 def join_study(spec: StudySpec, explicit: Collection[str] = ()) -> tuple[optuna.Study,
@@ -217,13 +292,14 @@ def fail_reason(exc: BaseException) -> str:
 
 @dataclass
 class _Objective:
-    """Optuna objective: one trial = one call of `train`, tracked in MLflow."""
+    """Optuna objective: one trial = one call of `train`, tracked in MLflow, checkpointed."""
 
     spec: StudySpec
     tracker: Tracker
     record: StudyRecord
     observer: SearchObserver | None
     device: str
+    checkpoints: CheckpointStore
 
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec
@@ -234,28 +310,25 @@ class _Objective:
             raise optuna.TrialPruned("surplus: beyond n_trials")
         hp = spec.base_hparams(**suggest(trial, spec.search))
         trials.write(trial, TrialRecord(config=hp.to_dict(), worker=trials.worker_id(self.device)))
+        origin = trials.current(trial).origin
+        resume = self._resume_state(trial, origin, hp)
         run = self.tracker.start_trial(self.record.parent_run_id, spec.name, trial.number,
-                                       hp.to_dict())
+                                       hp.to_dict(), _resume_tags(origin, resume))
         trials.write(trial, TrialRecord(mlflow_run_id=run.run_id))
+        if resume is not None:  # the run and the pruner see the curve the chain already had
+            trials.write(trial, TrialRecord(resumed_from_step=resume.step))
+            for (step, dev_loss), (_, train_loss) in zip(resume.dev_curve,
+                                                         resume.train_curve, strict=True):
+                run.log_metrics({"dev_loss": dev_loss, "train_loss": train_loss}, step)
+                trial.report(dev_loss, step)
         if self.observer:
             self.observer.trial_started(trial.number, hp.to_dict())
-        watch = storage.heartbeats(trial.study)  # another worker may fail this trial as stale
-
-        def on_eval(ev: Evaluation) -> bool:
-            if watch and storage.trial_state(trial) != TrialState.RUNNING:
-                raise TrialLost(f"trial {trial.number} was failed by another worker (its "
-                                f"heartbeat went stale) at step {ev.step}; stopped training")
-            run.log_metrics({"dev_loss": ev.dev_loss, "train_loss": ev.train_loss, "lr": ev.lr},
-                            ev.step)
-            trial.report(ev.dev_loss, ev.step)
-            if self.observer:
-                self.observer.evaluated(trial.number, ev.step, spec.budget.steps, ev.dev_loss)
-            return trial.should_prune()
-
         try:
             data = load_search_data(spec.data, hp.context_length)
             result = train(hp, data, steps=spec.budget.steps, eval_every=spec.budget.eval_every,
-                           on_eval=on_eval, device=self.device)
+                           on_eval=self._on_eval(trial, run), device=self.device,
+                           checkpoint_every=spec.budget.checkpoint_interval,
+                           on_checkpoint=self._on_checkpoint(trial, origin), resume=resume)
         except BaseException as exc:  # diverged, out of memory, lost, a bug, Ctrl-C: close
             _close_failed(trial, run, exc)
             raise
@@ -271,6 +344,61 @@ class _Objective:
             raise optuna.TrialPruned(f"pruned at step {result.steps}")
         run.finish(FINISHED, figures, tags={"harness.state": "COMPLETE"})
         return result.best_dev_loss
+
+    def _on_eval(self, trial: optuna.Trial, run: ChildRun) -> OnEval:
+        """Log each evaluation, report it to the pruner, and ask whether to stop."""
+        watch = storage.heartbeats(trial.study)  # another worker may fail this trial as stale
+        steps = self.spec.budget.steps
+
+        def on_eval(ev: Evaluation) -> bool:
+            if watch and storage.trial_state(trial) != TrialState.RUNNING:
+                raise TrialLost.at(trial.number, ev.step)
+            run.log_metrics({"dev_loss": ev.dev_loss, "train_loss": ev.train_loss, "lr": ev.lr},
+                            ev.step)
+            trial.report(ev.dev_loss, ev.step)
+            if self.observer:
+                self.observer.evaluated(trial.number, ev.step, steps, ev.dev_loss)
+            return trial.should_prune()
+
+        return on_eval
+
+    def _on_checkpoint(self, trial: optuna.Trial, origin: int) -> OnCheckpoint:
+        """Save the chain's checkpoint and record its step and the time saving took."""
+        spent = 0.0
+
+        def on_checkpoint(state: TrainState) -> None:
+            nonlocal spent
+            t0 = time.perf_counter()
+            self.checkpoints.save(origin, state)
+            spent += time.perf_counter() - t0
+            try:
+                trials.write(trial, TrialRecord(checkpoint_step=state.step, checkpoint_s=spent))
+            except optuna.exceptions.UpdateFinishedTrialError:  # failed by another, just now
+                raise TrialLost.at(trial.number, state.step) from None
+
+        return on_checkpoint
+
+    def _resume_state(self, trial: optuna.Trial, origin: int, hp: HParams) -> TrainState | None:
+        """The checkpoint a retry continues from; None for a new trial or one that cannot be
+        used (warned: the trial starts from step 0)."""
+        if origin == trial.number:
+            return None
+        state = self.checkpoints.load(origin)
+        if state is not None and (state.config != hp.to_dict()
+                                  or state.steps != self.spec.budget.steps):
+            log.warning("the checkpoint of trial %d was made with another config or "
+                        "budget.steps; trial %d starts again from step 0", origin, trial.number)
+            return None
+        if state is not None:
+            log.info("trial %d resumes trial %d from its checkpoint at step %d", trial.number,
+                     origin, state.step)
+        return state
+
+
+def _resume_tags(origin: int, resume: TrainState | None) -> dict[str, str]:
+    if resume is None:
+        return {}
+    return {"harness.resumed_from_step": str(resume.step), "harness.resumes_trial": str(origin)}
 
 
 def _close_failed(trial: optuna.Trial, run: Any, exc: BaseException) -> None:
@@ -308,7 +436,9 @@ def work(spec: StudySpec, *, observer: SearchObserver | None = None, device: str
     trials.register_worker(study, torch.get_num_threads())
     study.sampler = build_sampler(spec, seed_offset=1000 * storage.next_number(study, "sampler"))
     study.pruner = build_pruner(spec)
-    objective = _Objective(spec, open_tracker(spec), record, observer, device)
+    tracker = open_tracker(spec)
+    objective = _Objective(spec, tracker, record, observer, device,
+                           open_checkpoints(spec, tracker, record.parent_run_id))
     recs = trials.records(study)
     with sealed_test_split():  # no trial can read the test split, even by mistake
         while not trials.budget_taken(recs, record.n_trials):
@@ -335,6 +465,7 @@ def _run_trial(spec: StudySpec, study: optuna.Study, objective: _Objective) -> i
         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
         trial = study.ask()
     value, state = None, TrialState.FAIL
+    origin = trials.current(trial).origin
     with storage.heartbeat(study, trial):
         try:
             value, state = objective(trial), TrialState.COMPLETE
@@ -351,6 +482,8 @@ def _run_trial(spec: StudySpec, study: optuna.Study, objective: _Objective) -> i
                 raise TrackingError(f"{exc}; trial {trial.number} was re-queued: run the "
                                     "command again once the tracking store is back") from None
             raise
+    if not spec.budget.keep_checkpoints:  # ended for good (a re-queued trial keeps its own)
+        objective.checkpoints.delete(origin)
     try:
         study.tell(trial, value, state=state, skip_if_finished=True)
     except RuntimeError:

@@ -147,10 +147,11 @@ class Tracker:
         return ChildRun(self.client, _call(self.uri, start), self.uri)
 
     def start_trial(self, parent_run_id: str, study_name: str, number: int,
-                    params: Mapping[str, Any]) -> ChildRun:
+                    params: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> ChildRun:
         """A child run for trial `number`, with its number and hyperparameters as params."""
         return self.start_run(parent_run_id, study_name, "trial", f"trial-{number:04d}",
-                              {"trial_number": number, **params}, {TAG_TRIAL: str(number)})
+                              {"trial_number": number, **params},
+                              {TAG_TRIAL: str(number), **(tags or {})})
 
     def end_run(self, run_id: str, status: str) -> None:
         _call(self.uri, lambda: self.client.set_terminated(run_id, status=status))
@@ -162,6 +163,42 @@ class Tracker:
         """A run's metric as (step, value) pairs, by step."""
         history = _call(self.uri, lambda: self.client.get_metric_history(run_id, key))
         return sorted((m.step, m.value) for m in history)
+
+
+class RunArtifacts:
+    """Files kept as artifacts of one run, shared by every machine that reaches the tracking
+    server (a harness.checkpoints.Remote)."""
+
+    def __init__(self, tracker: Tracker, run_id: str) -> None:
+        self.tracker, self.run_id = tracker, run_id
+
+    def upload(self, path: Path, artifact_dir: str) -> None:
+        self.tracker.log_artifact(self.run_id, path, artifact_dir)
+
+    def download(self, artifact_path: str, dst_dir: Path) -> Path | None:
+        client, folder = self.tracker.client, os.path.dirname(artifact_path)
+
+        def fetch() -> Path | None:
+            if artifact_path not in {f.path for f in client.list_artifacts(self.run_id, folder)}:
+                return None
+            return Path(client.download_artifacts(self.run_id, artifact_path, str(dst_dir)))
+
+        return _call(self.tracker.uri, fetch)
+
+    def delete(self, artifact_path: str) -> None:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        def delete() -> None:
+            uri = self.tracker.client.get_run(self.run_id).info.artifact_uri
+            get_artifact_repository(uri, tracking_uri=self.tracker.uri).delete_artifacts(
+                artifact_path)
+
+        _call(self.tracker.uri, delete)
+
+
+def is_server(uri: str | None) -> bool:
+    """Whether `uri` names a tracking server (reached by other machines) rather than a file."""
+    return bool(uri) and str(uri).startswith(("http://", "https://"))
 
 
 def ui_command(uri: str, host: str, port: int) -> list[str]:

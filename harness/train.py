@@ -2,11 +2,15 @@
 
 It takes hyperparameters, data and a step budget, calls `on_eval` after every evaluation, and
 returns a `TrainResult`. It knows nothing of Optuna or MLflow: the study driver adapts it.
+At chosen evaluations it hands a `TrainState` (a checkpoint) to `on_checkpoint`; given one back
+as `resume`, it continues exactly where that state was taken: on a CPU, the same losses as a run
+that was never interrupted.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -55,6 +59,47 @@ class Evaluation:
 
 # Called after each evaluation; returning True stops training early (the driver's pruning).
 OnEval = Callable[[Evaluation], bool | None]
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run where it stopped: what a checkpoint holds.
+
+    `to_dict`/`from_dict` give plain containers of tensors and numbers, which
+    `torch.load(weights_only=True)` reads back.
+    """
+
+    config: dict[str, Any]  # the run's hyperparameters (HParams.to_dict)
+    steps: int  # the run's step budget (the schedule depends on it)
+    step: int  # optimizer steps done
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None  # the optimizer's state_dict; None for plain SGD
+    rng: torch.Tensor  # torch's CPU generator (init, dropout masks on a CPU)
+    cuda_rng: torch.Tensor | None  # the device generator (dropout masks on a GPU)
+    block_rng: torch.Tensor  # the batch generator before the current block was drawn
+    best_loss: float
+    best_step: int
+    best_model: dict[str, torch.Tensor]
+    dev_curve: list[tuple[int, float]]
+    train_curve: list[tuple[int, float]]
+    elapsed_s: float  # wall time trained so far
+    eval_s: float  # of which evaluating
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainState:
+        """Raises ValueError when `d` is not a TrainState's dict."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(d, dict) or set(d) != names:
+            raise ValueError("not a training state")
+        curves = {k: [(int(s), float(v)) for s, v in d[k]] for k in ("dev_curve", "train_curve")}
+        return cls(**{**d, **curves})
+
+
+# Called with the training state at a checkpoint; it must be done with it when it returns.
+OnCheckpoint = Callable[[TrainState], None]
 
 
 @dataclass
@@ -130,14 +175,21 @@ def train(
     device: str = "cpu",
     step_kind: str = "manual",
     lr_fn: Callable[[int], float] | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: OnCheckpoint | None = None,
+    resume: TrainState | None = None,
 ) -> TrainResult:
     """Train the MLP of `hp` on `data.train` for `steps` steps, evaluating on `data.dev`.
 
     Evaluates every `eval_every` steps and after the last step. `step_kind` picks the step
     implementation (harness.steps): "manual" (fast), "autograd" (the reference) or "graphed"
     (manual, replayed as a CUDA graph on a GPU); all compute the same function. `lr_fn(step)`
-    replaces hp's schedule (the learning-rate finder's sweep). Raises TrainingDiverged on a
-    diverging loss and ValueError on a config the data cannot serve.
+    replaces hp's schedule (the learning-rate finder's sweep).
+
+    Every `checkpoint_every` steps (a multiple of `eval_every`; 0: never), after the evaluation
+    and `on_eval`, the state is handed to `on_checkpoint`. `resume` continues from such a state
+    of the same config and steps. Raises TrainingDiverged on a diverging loss and ValueError on
+    a config the data cannot serve or a state of another run.
     """
     if steps < 1 or eval_every < 1:
         raise ValueError(f"steps and eval_every must be >= 1, got {steps} and {eval_every}")
@@ -149,6 +201,12 @@ def train(
         raise ValueError(
             f"batch_size {hp.batch_size} is larger than the {len(data.train)} training examples"
         )
+    if checkpoint_every and (checkpoint_every < 0 or checkpoint_every % eval_every):
+        raise ValueError(f"checkpoint_every must be a multiple of eval_every ({eval_every}), "
+                         f"got {checkpoint_every}")
+    if resume is not None and (resume.config != hp.to_dict() or resume.steps != steps
+                               or not 0 < resume.step < steps):
+        raise ValueError("the training state to resume is of another run (config or steps)")
     dev = resolve_device(device)
     # Same seed, same result: one generator seeds the init, another draws the batches.
     torch.manual_seed(hp.seed)
@@ -158,22 +216,45 @@ def train(
     Xtr, Ytr = data.train.X.to(dev), data.train.Y.to(dev)  # (N, T), (N,)
     Xdev, Ydev = data.dev.X.to(dev), data.dev.Y.to(dev)
 
+    def draw_block(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # batch_size random training examples for each of the next (up to) BATCH_BLOCK steps.
+        n = min(BATCH_BLOCK, steps - start)
+        ix = torch.randint(0, len(Ytr), (n, hp.batch_size), device=dev, generator=batch_gen)
+        return Xtr[ix], Ytr[ix]  # (n, B, T), (n, B)
+
     dev_curve: list[tuple[int, float]] = []
     train_curve: list[tuple[int, float]] = []
     best_loss, best_step, best_state = math.inf, 0, None
     loss_sum = torch.zeros((), device=dev)  # summed minibatch losses since the last eval
     stopped_early = False
     limit = DIVERGENCE_FACTOR * math.log(len(data.vocab))
-    eval_time = 0.0
-    started = time.perf_counter()
+    eval_time, before = 0.0, 0.0  # seconds evaluating; seconds trained before a resume
     step = 0
+    block_rng = batch_gen.get_state()
+    if resume is not None:
+        # Continue where the state was taken: weights, optimizer, generators, the block of
+        # minibatches in use (drawn again from its recorded generator state), curves, best.
+        step = resume.step
+        model.load_state_dict(resume.model)
+        if update.optimizer is not None and resume.optimizer is not None:
+            update.optimizer.load_state_dict(resume.optimizer)
+        torch.set_rng_state(resume.rng)
+        if resume.cuda_rng is not None and dev.type == "cuda":
+            torch.cuda.set_rng_state(resume.cuda_rng, dev)
+        block_rng = resume.block_rng
+        batch_gen.set_state(block_rng)
+        Xb, Yb = draw_block(step - (step - 1) % BATCH_BLOCK - 1)
+        best_loss, best_step = resume.best_loss, resume.best_step
+        best_state = resume.best_model
+        dev_curve, train_curve = list(resume.dev_curve), list(resume.train_curve)
+        eval_time, before = resume.eval_s, resume.elapsed_s
+    started = time.perf_counter() - before
     while step < steps:
-        # Minibatches: batch_size random training examples per step, drawn a block at a time.
+        # Minibatches are drawn a block at a time: one gather instead of three small ops a step.
         k = step % BATCH_BLOCK
         if k == 0:
-            n = min(BATCH_BLOCK, steps - step)
-            ix = torch.randint(0, len(Ytr), (n, hp.batch_size), device=dev, generator=batch_gen)
-            Xb, Yb = Xtr[ix], Ytr[ix]  # (n, B, T), (n, B)
+            block_rng = batch_gen.get_state()
+            Xb, Yb = draw_block(step)
         # Forward, backward, update at this step's learning rate.
         lr = lr_fn(step) if lr_fn else lr_at(hp, step, steps)
         loss = update(Xb[k], Yb[k], lr)  # (B, T), (B,) -> mean minibatch loss (0-dim)
@@ -202,6 +283,15 @@ def train(
         if on_eval is not None and on_eval(ev):
             stopped_early = step < steps
             break
+        if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0 \
+                and step < steps:
+            on_checkpoint(TrainState(
+                hp.to_dict(), steps, step, model.state_dict(),
+                update.optimizer.state_dict() if update.optimizer is not None else None,
+                torch.get_rng_state(),
+                torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+                block_rng, best_loss, best_step, best_state, list(dev_curve),
+                list(train_curve), time.perf_counter() - started, eval_time))
 
     elapsed = time.perf_counter() - started
     assert best_state is not None  # at least one evaluation ran (steps >= 1)
@@ -214,7 +304,7 @@ def train(
         train_curve=train_curve,
         steps=step,
         stopped_early=stopped_early,
-        steps_per_sec=step / max(elapsed - eval_time, 1e-9),
+        steps_per_sec=step / max(elapsed - eval_time, 1e-9),  # over all pieces of a resumed run
         elapsed_s=elapsed,
         n_params=n_params(model),
         model=model,

@@ -7,7 +7,9 @@ everything else reads a `TrialRecord`.
 Counting: `budget.n_trials` counts finished trials (complete, pruned, failed), less those that
 failed with their worker and were re-queued (the retry counts instead), less surplus trials (a
 worker that started a trial when the others had already started the last one: it ends at once,
-never trained). Running trials count as taken when deciding whether to start another.
+never trained), less warm-start trials (an earlier study's, added when this one was created:
+they inform the sampler and rank on the leaderboard, but cost this study nothing). Running
+trials count as taken when deciding whether to start another.
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ class TrialRecord:
     train_s: float | None = None
     fail_reason: str | None = None
     surplus: bool = False  # started beyond n_trials: never trained, not counted
+    resumed_from_step: int | None = None  # a retry that continued its chain's checkpoint
+    checkpoint_step: int | None = None  # the step of the trial's latest checkpoint
+    checkpoint_s: float | None = None  # seconds spent saving checkpoints
+    warm_from: str | None = None  # "<study>#<trial>": a trial of an earlier study (warm_start)
 
     def to_attrs(self) -> dict[str, Any]:
         """The harness's attrs that are set, as Optuna user attrs."""
@@ -101,6 +107,12 @@ class TrialRecord:
         return min(self.intermediate.values(), default=None)
 
     @property
+    def origin(self) -> int:
+        """The first trial of this one's chain of retries (itself when it is no retry): the
+        chain shares one checkpoint."""
+        return self.retry_of if self.retry_of is not None else self.number
+
+    @property
     def pid(self) -> int | None:
         """The worker's process id, from host:pid:device."""
         part = (self.worker or "").split(":")
@@ -117,6 +129,11 @@ def write(trial: optuna.Trial, record: TrialRecord) -> None:
     """Store the attrs set in `record` on a running trial (the others are left as they are)."""
     for key, value in record.to_attrs().items():
         trial.set_user_attr(key, value)
+
+
+def current(trial: optuna.Trial) -> TrialRecord:
+    """A running trial as the storage has it now."""
+    return TrialRecord.from_trial(storage.frozen(trial))
 
 
 def records(study: optuna.Study) -> list[TrialRecord]:
@@ -137,8 +154,8 @@ def retried_numbers(recs: Sequence[TrialRecord]) -> set[int]:
 def counted(recs: Sequence[TrialRecord]) -> int:
     """Trials that used up part of the budget."""
     retried = retried_numbers(recs)
-    return sum(r.state in COUNTED_STATES and not r.surplus and r.number not in retried
-               for r in recs)
+    return sum(r.state in COUNTED_STATES and not r.surplus and not r.warm_from
+               and r.number not in retried for r in recs)
 
 
 def is_surplus(number: int, recs: Sequence[TrialRecord], n_trials: int) -> bool:
@@ -146,7 +163,8 @@ def is_surplus(number: int, recs: Sequence[TrialRecord], n_trials: int) -> bool:
     already make n_trials. Of two workers that both saw one trial left and both started one,
     the later-numbered trial is the surplus one."""
     retried = retried_numbers(recs)
-    ahead = sum(r.number < number and not r.surplus and r.number not in retried
+    ahead = sum(r.number < number and not r.surplus and not r.warm_from
+                and r.number not in retried
                 and (r.state in COUNTED_STATES or r.state == TrialState.RUNNING)
                 for r in recs)
     return ahead >= n_trials
@@ -181,8 +199,9 @@ def stalled(recs: Sequence[TrialRecord], patience: int, min_delta: float) -> str
 
 
 def counts_by_state(recs: Sequence[TrialRecord]) -> dict[str, int]:
-    """Complete, pruned and failed trials, by state name (surplus ones left out)."""
-    shown = [r for r in recs if not r.surplus]
+    """Complete, pruned and failed trials run by this study, by state name (surplus and
+    warm-start ones left out)."""
+    shown = [r for r in recs if not r.surplus and not r.warm_from]
     return {s.name: sum(r.state == s for r in shown) for s in COUNTED_STATES}
 
 
@@ -190,8 +209,9 @@ def counts_by_state(recs: Sequence[TrialRecord]) -> dict[str, int]:
 class StudyStatus:
     """Where a study stands: what `harness status` shows."""
 
-    states: Mapping[str, int]  # trials by state name, surplus ones left out
+    states: Mapping[str, int]  # trials by state name, surplus and warm-start ones left out
     counted: int  # trials that count against n_trials
+    warm: int  # trials added from an earlier study (warm_start)
     best: TrialRecord | None  # the best complete trial
     running: tuple[TrialRecord, ...]
 
@@ -199,11 +219,12 @@ class StudyStatus:
 def status(recs: Sequence[TrialRecord]) -> StudyStatus:
     """Where the study of `recs` stands."""
     shown = [r for r in recs if not r.surplus]
-    states = {s.name: sum(r.state == s for r in shown) for s in
+    own = [r for r in shown if not r.warm_from]
+    states = {s.name: sum(r.state == s for r in own) for s in
               (*COUNTED_STATES, TrialState.RUNNING, TrialState.WAITING)}
     complete = [r for r in shown if r.state == TrialState.COMPLETE and r.value is not None]
     best = min(complete, key=lambda r: r.value, default=None)
-    return StudyStatus(states, counted(recs), best,
+    return StudyStatus(states, counted(recs), len(shown) - len(own), best,
                        tuple(r for r in shown if r.state == TrialState.RUNNING))
 
 

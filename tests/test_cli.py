@@ -142,13 +142,20 @@ def test_status_shows_states_the_running_trials_the_best_and_the_final_model(wri
     assert main(["run-study", str(path), "--no-finalize"]) == 0
     study = load_study(load_spec(path))
     running = study.ask()  # as a worker elsewhere would be, at step 50
-    trials.write(running, trials.TrialRecord(worker="elsewhere:123:cpu"))
+    trials.write(running, trials.TrialRecord(worker="elsewhere:123:cpu", checkpoint_step=50))
     running.report(2.5, 50)
+    from harness.study import open_checkpoints
+
+    folder = open_checkpoints(load_spec(path)).folder
+    folder.mkdir(parents=True)
+    (folder / "trial-2.pt").write_bytes(bytes(2_500_000))
     capsys.readouterr()
     assert main(["status", str(path)]) == 0
     out = capsys.readouterr().out
     best = min(trials.search_records(study)[:2], key=lambda r: r.value)
     assert "2 of 2 trials counted" in out and "2 complete, 0 pruned, 0 fail, 1 running" in out
     assert f"best:    trial {best.number}, dev {best.value:.4f}" in out
-    assert "running: trial 2 on elsewhere:123:cpu, step 50, dev 2.5000" in out
+    assert ("running: trial 2 on elsewhere:123:cpu, step 50, dev 2.5000, checkpoint at step 50"
+            in out)
+    assert "checkpoints: 2.5 MB on this machine's disk" in out
     assert "final:   not finalized" in out

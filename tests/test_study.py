@@ -14,7 +14,14 @@ from harness import paths, storage, trials
 from harness.coordinator import run_search
 from harness.leaderboard import build
 from harness.spec import load_spec
-from harness.study import _Objective, load_study, open_study_storage, open_tracker, prepare_study
+from harness.study import (
+    _Objective,
+    load_study,
+    open_checkpoints,
+    open_study_storage,
+    open_tracker,
+    prepare_study,
+)
 
 from .conftest import tiny_study
 
@@ -116,7 +123,8 @@ def test_a_trial_started_beyond_n_trials_is_not_run_nor_counted(write_study):
                                                     "eval_every": 50})))
     study, record = prepare_study(spec)
     other = study.ask()  # another worker's trial: the study's last, still running
-    objective = _Objective(spec, open_tracker(spec), record, None, "cpu")
+    objective = _Objective(spec, open_tracker(spec), record, None, "cpu",
+                           open_checkpoints(spec))
     study.optimize(objective, n_trials=1)
 
     surplus = trials.records(study)[1]
@@ -246,3 +254,80 @@ def test_stalled_needs_more_than_patience_trials_and_an_improvement_by_min_delta
     assert trials.stalled(complete(2.0, 2.1, 2.05), 2, 0.0) is not None
     assert trials.stalled(complete(2.0, 2.1, 1.995), 2, 0.0) is None  # improved
     assert trials.stalled(complete(2.0, 2.1, 1.995), 2, 0.01) is not None  # not by enough
+
+
+def test_a_named_config_is_enqueued_cut_to_the_space(write_study):
+    """`enqueue: [lecture]` and `--enqueue lecture` run the lecture's values that the space can
+    hold (lr 0.1, batch 32 here); what it cannot hold (no 200-wide search here) is sampled."""
+    from harness.cli import _load, build_parser
+    from harness.spec import SpecError
+
+    study = tiny_study(search={"lr": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
+                               "batch_size": [16, 32], "dropout": [0.1, 0.2]})
+    spec = load_spec(write_study({**study, "enqueue": ["lecture"]}))
+    assert spec.enqueue == ({"lr": 0.1, "batch_size": 32},)
+    args = build_parser().parse_args(["run-study", str(write_study(study)), "--enqueue",
+                                      "lecture"])
+    assert _load(args).enqueue == ({"lr": 0.1, "batch_size": 32},)
+    with pytest.raises(SpecError, match=re.escape("enqueue[0]: unknown config name 'lectur'")):
+        load_spec(write_study({**study, "enqueue": ["lectur"]}))
+
+
+def test_warm_start_adds_the_earlier_studys_fitting_trials_uncounted(write_study, capsys,
+                                                                     caplog):
+    """A new study starts with the earlier one's complete trials that fit its space, fixed
+    values and steps, linked to their MLflow runs; the others are named with a reason; the
+    new study still runs its own n_trials."""
+    from harness.cli import main
+
+    earlier = write_study(tiny_study(name="earlier", budget={"n_trials": 4, "steps": 100,
+                                                             "eval_every": 50},
+                                     finalize={"enabled": False}), name="earlier.yaml")
+    assert main(["run-study", str(earlier)]) == 0
+    before = trials.records(load_study(load_spec(earlier)))
+    capsys.readouterr()
+
+    narrower = tiny_study(name="later", budget={"n_trials": 2, "steps": 100, "eval_every": 50},
+                          warm_start={"study": "earlier.yaml", "top": 3},
+                          finalize={"enabled": False})
+    narrower["search"] = {"lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+                          "batch_size": [32]}  # the earlier trials of batch 16 do not fit
+    later = write_study(narrower, name="later.yaml")
+    with caplog.at_level("WARNING"):
+        assert main(["run-study", str(later)]) == 0
+    out = capsys.readouterr().out
+    top3 = sorted((r for r in before if r.state.name == "COMPLETE"), key=lambda r: r.value)[:3]
+    fits = [r for r in top3 if r.params["batch_size"] == 32]
+    assert 0 < len(fits) < 3, "the test needs trials of both batch sizes among the top 3"
+    for r in top3:
+        if r not in fits:
+            assert (f"warm start: trial {r.number} of earlier skipped: "
+                    "batch_size=16 is not one of [32]") in caplog.text
+    assert f"warm start: {len(fits)} complete trials of study earlier added " \
+           f"({3 - len(fits)} skipped" in out
+
+    recs = trials.records(load_study(load_spec(later)))
+    warm = [r for r in recs if r.warm_from]
+    assert [(r.value, r.mlflow_run_id, r.params) for r in warm] == \
+           [(r.value, r.mlflow_run_id, r.params) for r in fits]
+    assert [r.warm_from for r in warm] == [f"earlier#{r.number}" for r in fits]
+    assert trials.counted(recs) == 2 and len(recs) == len(fits) + 2  # its own 2 trials ran
+    assert main(["status", str(later)]) == 0
+    assert f"warm:    {len(fits)} complete trials of study earlier" in capsys.readouterr().out
+
+
+def test_warm_start_skips_trials_of_other_fixed_values_or_steps(write_study, caplog):
+    earlier = write_study(tiny_study(name="earlier", budget={"n_trials": 2, "steps": 100,
+                                                             "eval_every": 50}),
+                          name="earlier.yaml")
+    run_search(load_spec(earlier))
+    for change, reason in ((dict(budget={"n_trials": 1, "steps": 150, "eval_every": 50}),
+                            "it trained 100 steps, this study's trials train 150"),
+                           (dict(fixed={**tiny_study()["fixed"], "hidden_width": 16}),
+                            "it trained with hidden_width=32, this study uses 16")):
+        spec = load_spec(write_study(tiny_study(name=f"later{len(caplog.records)}",
+                                                warm_start={"study": "earlier"}, **change)))
+        with caplog.at_level("WARNING"):
+            study, record = prepare_study(spec)
+        assert (record.warm_trials, record.warm_skipped) == (0, 2)
+        assert reason in caplog.text

@@ -3,11 +3,12 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from harness.data import DataConfig, load_search_data
 from harness.hparams import HParams
 from harness.model import mean_loss
-from harness.train import TrainingDiverged, lr_at, train
+from harness.train import TrainingDiverged, TrainState, lr_at, train
 
 SMALL = dict(context_length=3, embedding_dim=8, hidden_width=32, batch_size=32)
 
@@ -94,3 +95,45 @@ def test_schedules():
     assert lr_at(cos, 100, 100) == pytest.approx(0.1)  # floor at the end
     values = [lr_at(cos, s, 100) for s in range(10, 100)]
     assert values == sorted(values, reverse=True)
+
+
+@pytest.mark.parametrize("kind, extra", [
+    ("manual", dict(optimizer="adamw", lr=3.0e-3, dropout=0.2, hidden_layers=2,
+                    lr_schedule="cosine", warmup_frac=0.1)),
+    ("manual", dict(optimizer="sgd", lr=0.1, weight_decay=1.0e-4, lr_schedule="step")),
+    ("autograd", dict(optimizer="adamw", lr=3.0e-3, dropout=0.1)),
+    ("graphed", dict(optimizer="adamw", lr=3.0e-3, dropout=0.1)),  # eager form on a CPU
+])
+def test_resumed_run_equals_the_uninterrupted_one(data, tmp_path, kind, extra):
+    # 1100 steps, checkpoints every 300: a resume from step 600 lands mid-block of minibatches
+    # (blocks of 512), and the state goes through torch.save / torch.load(weights_only=True).
+    hp = HParams(**{**SMALL, **extra})
+    whole = train(hp, data, steps=1100, eval_every=100, step_kind=kind)
+    states: list[int] = []
+
+    def save(state: TrainState) -> None:
+        states.append(state.step)
+        torch.save(state.to_dict(), tmp_path / f"{state.step}.pt")
+
+    stop_at_700 = lambda ev: ev.step >= 700  # noqa: E731  (the run "dies" after step 700)
+    train(hp, data, steps=1100, eval_every=100, step_kind=kind, on_eval=stop_at_700,
+          checkpoint_every=300, on_checkpoint=save)
+    assert states == [300, 600]
+    state = TrainState.from_dict(torch.load(tmp_path / "600.pt", weights_only=True))
+    resumed = train(hp, data, steps=1100, eval_every=100, step_kind=kind, resume=state)
+    assert resumed.dev_curve == whole.dev_curve and resumed.train_curve == whole.train_curve
+    assert (resumed.best_dev_loss, resumed.best_step) == (whole.best_dev_loss, whole.best_step)
+    for a, b in zip(resumed.model.parameters(), whole.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_state_of_another_run_is_refused(data):
+    states: list[TrainState] = []
+    hp = HParams(**SMALL)
+    train(hp, data, steps=200, eval_every=50, checkpoint_every=100, on_checkpoint=states.append)
+    with pytest.raises(ValueError, match="another run"):
+        train(hp, data, steps=400, eval_every=50, resume=states[0])
+    with pytest.raises(ValueError, match="another run"):
+        train(HParams(**{**SMALL, "seed": 1}), data, steps=200, eval_every=50, resume=states[0])
+    with pytest.raises(ValueError, match="multiple of eval_every"):
+        train(hp, data, steps=200, eval_every=50, checkpoint_every=75)

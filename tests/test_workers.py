@@ -184,7 +184,7 @@ def test_sigint_stops_cleanly_and_a_rerun_resumes(write_study, tmp_path: Path, w
     study_file = tiny_study(budget={"n_trials": 3, "steps": 1500, "eval_every": 50})
     spec = load_spec(write_study(study_file))
     proc = start_run_study(tmp_path / "study.yaml", tmp_path, "--workers", workers)
-    interrupted = wait_for_running_trial(spec, proc)
+    interrupted = wait_for_running_trial(spec, proc, min_step=100)
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -201,6 +201,7 @@ def test_sigint_stops_cleanly_and_a_rerun_resumes(write_study, tmp_path: Path, w
     recs = check_finished_study(spec, 3)
     retry = [r for r in recs if r.retry_of == interrupted.number]
     assert len(retry) == 1 and retry[0].params == interrupted.params
+    assert retry[0].resumed_from_step >= 50  # continued from the interrupted one's checkpoint
 
 
 def test_heartbeat_stale_trial_is_failed_requeued_and_its_run_closed(write_study, tmp_path):
@@ -228,3 +229,63 @@ def test_heartbeat_stale_trial_is_failed_requeued_and_its_run_closed(write_study
     assert recs[1].state.name == "WAITING" and recs[1].retry_of == 0
     assert trials.counted(trials.records(load_study(spec))) == 0
     assert tracker.client.get_run(run.run_id).info.status == "FAILED"
+
+
+@pytest.mark.parametrize("checkpoint", ["intact", "damaged"])
+def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_if_never_killed(
+        write_study, tmp_path: Path, checkpoint: str):
+    """SIGKILL the worker at about 70% of a trial, run again: the retry continues from the last
+    checkpoint (the same losses as an uninterrupted run, on one thread); a damaged checkpoint
+    is reported and the retry starts from step 0 instead."""
+    import torch
+
+    from harness.checkpoints import CheckpointStore
+    from harness.data import load_search_data
+    from harness.hparams import HParams
+    from harness.train import train
+
+    spec = load_spec(write_study(tiny_study(budget={"n_trials": 1, "steps": 1500,
+                                                    "eval_every": 50},
+                                            workers={"threads": 1})))
+    proc = start_run_study(tmp_path / "study.yaml", tmp_path)
+    victim = wait_for_running_trial(spec, proc, min_step=1050)
+    os.kill(trials.TrialRecord.from_trial(victim).pid, signal.SIGKILL)  # this command itself
+    proc.communicate(timeout=60)
+    store = CheckpointStore(paths.study_dir(spec.name) / "checkpoints")
+    assert store.path(victim.number).exists()
+    if checkpoint == "damaged":
+        store.path(victim.number).write_bytes(store.path(victim.number).read_bytes()[:5000])
+
+    proc = start_run_study(tmp_path / "study.yaml", tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    recs = check_finished_study(spec, 1)
+    killed = recs[victim.number]
+    (retry,) = [r for r in recs if r.retry_of == victim.number]
+    assert retry.state.name == "COMPLETE" and retry.params == killed.params
+    assert sorted(retry.intermediate) == list(range(50, 1501, 50))  # the whole curve
+    run = MlflowClient(paths.tracking_uri()).get_run(retry.mlflow_run_id)
+    history = MlflowClient(paths.tracking_uri()).get_metric_history(run.info.run_id,
+                                                                    "dev_loss")
+    assert sorted(m.step for m in history) == list(range(50, 1501, 50))
+    assert not store.path(victim.number).exists()  # a finished trial's checkpoint is deleted
+    if checkpoint == "damaged":
+        assert "cannot be read" in err and "starts again from step 0" in err
+        assert retry.resumed_from_step is None
+        assert "harness.resumed_from_step" not in run.data.tags
+    else:
+        assert retry.resumed_from_step >= 1000
+        assert run.data.tags["harness.resumed_from_step"] == str(retry.resumed_from_step)
+        assert retry.intermediate == {s: killed.intermediate[s] for s in killed.intermediate
+                                      if s <= retry.resumed_from_step} | retry.intermediate
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the worker trained
+    try:
+        hp = HParams(**retry.config)
+        whole = train(hp, load_search_data(spec.data, hp.context_length), steps=1500,
+                      eval_every=50)
+    finally:
+        torch.set_num_threads(threads)
+    assert retry.value == whole.best_dev_loss
+    assert retry.intermediate == dict(whole.dev_curve)
