@@ -5,7 +5,8 @@
 
 Each predicts every character and the end of each word from the characters before it, padded
 with the boundary token, exactly the examples the MLP is scored on, so the dev losses compare
-directly. Counts come from the train split; only dev is scored. The test split is not read.
+directly. Counts come from the train split; dev is scored here. The test split is not read
+here: the final evaluation hands its words to `test_references` once, beside the final model.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 from harness.data import BOUNDARY, DataConfig, Vocab, read_words, split_words
 
@@ -71,20 +74,29 @@ class KneserNey:
             self.types.append(types)
 
     def prob(self, history: str, w: str, discount: float) -> float:
-        p = 1.0 / len(self.vocab)  # the uniform floor under the unigram
+        return float(self._probs(history, w, np.array([discount]))[0])
+
+    def _probs(self, history: str, w: str, d: np.ndarray) -> np.ndarray:
+        """P(w | history) for each discount in `d`."""
+        p = np.full(len(d), 1.0 / len(self.vocab))  # the uniform floor under the unigram
         for k in range(self.order):  # from the empty history up to the full one
             h = history[len(history) - k :] if k else ""
             total = self.totals[k].get(h, 0)
             if total == 0:
                 continue  # unseen history: keep the lower-order estimate
             c = self.counts[k].get((h, w), 0)
-            lam = discount * self.types[k][h] / total
-            p = max(c - discount, 0) / total + lam * p
+            p = np.maximum(c - d, 0.0) / total + d * (self.types[k][h] / total) * p
         return p
 
     def loss(self, words: Sequence[str], discount: float) -> float:
-        grams = examples(words, self.order)
-        return -sum(math.log(self.prob(h, w, discount)) for h, w in grams) / len(grams)
+        return float(self.losses(words, (discount,))[0])
+
+    def losses(self, words: Sequence[str], discounts: Sequence[float]) -> np.ndarray:
+        """The mean loss on `words` for each discount, in one pass over the examples."""
+        d = np.asarray(discounts, dtype=np.float64)
+        grams = Counter(examples(words, self.order))  # each distinct (history, w) once
+        total_log = sum(n * np.log(self._probs(h, w, d)) for (h, w), n in grams.items())
+        return -total_log / sum(grams.values())
 
 
 def bigram_loss(train_words: Sequence[str], dev_words: Sequence[str], vocab: Vocab) -> float:
@@ -106,9 +118,35 @@ def baselines(cfg: DataConfig, orders: Sequence[int] = range(2, 8)) -> list[Base
     results = [BaselineResult("bigram (counts + 1)", 2, bigram_loss(train, dev, vocab))]
     for order in orders:
         kn = KneserNey(train, order, vocab)
-        loss, d = min((kn.loss(dev, d), d) for d in DISCOUNTS)
+        loss, d = min(zip(kn.losses(dev, DISCOUNTS).tolist(), DISCOUNTS, strict=True))
         results.append(BaselineResult(f"Kneser-Ney {order}-gram", order, loss, d))
     return results
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A count-based model scored on test beside the final model (chosen on dev)."""
+
+    model: str
+    dev_loss: float
+    test_loss: float
+    discount: float | None = None
+
+
+def test_references(cfg: DataConfig, test_words: Sequence[str],
+                    dev_results: Sequence[BaselineResult]) -> list[Reference]:
+    """The lecture's bigram and the Kneser-Ney order best on dev (with its dev discount),
+    scored on `test_words`: the final evaluation's one read of the test split."""
+    words = read_words(cfg.path)
+    train, _dev, _test = split_words(words, cfg)
+    vocab = Vocab.from_words(words)
+    bigram = next(r for r in dev_results if r.discount is None)
+    kn = min((r for r in dev_results if r.discount is not None), key=lambda r: r.dev_loss)
+    assert kn.discount is not None
+    return [Reference(bigram.model, bigram.dev_loss, bigram_loss(train, test_words, vocab)),
+            Reference(kn.model, kn.dev_loss,
+                      KneserNey(train, kn.order, vocab).loss(test_words, kn.discount),
+                      kn.discount)]
 
 
 def save(results: Sequence[BaselineResult], path: Path) -> None:

@@ -26,6 +26,8 @@ examples:
   harness leaderboard studies/quick.yaml --out leaderboard.csv
   harness finalize studies/quick.yaml                choose on dev, then test once
   harness status studies/quick.yaml                  where the study stands
+  harness reproduce studies/quick.yaml --trial 3     retrain trial 3 and compare its losses
+  harness report studies/quick.yaml --out report.md  provenance, leaderboard, final model
   harness sample studies/quick.yaml -n 20 --seed 0   names from the final model
   harness train studies/lecture.yaml --json          the lecture's config, no search
   harness lr-find studies/lecture.yaml               a range for the lr of a search
@@ -113,14 +115,21 @@ def format_final(r: FinalResult) -> str:
     evaluated = (f"   (test split evaluated {r.test_evaluations} times)"
                  if r.test_evaluations > 1 else "")
     lines += [f"  dev loss   {r.dev_mean:.4f} +- {r.dev_std:.4f}",
-              f"  test loss  {r.test_mean:.4f} +- {r.test_std:.4f}{evaluated}",
-              "  config:    " + ", ".join(f"{k}={v}" for k, v in r.config.items())]
+              f"  test loss  {r.test_mean:.4f} +- {r.test_std:.4f}{evaluated}"]
+    for ref in r.references:  # scored on test at the same moment: test beside test
+        lines.append(f"  reference  {ref.model}: dev {ref.dev_loss:.4f}, test {ref.test_loss:.4f}")
+    lines += ["  config:    " + ", ".join(f"{k}={v}" for k, v in r.config.items())]
     if r.samples:
         novel = (f"   ({r.novel_share:.0%} not in the training words)"
                  if r.novel_share is not None else "")
         lines.append(f"  samples:   {' '.join(r.samples[:10])}{novel}")
     lines += [f"  model:     {r.model_path}",
               f"  MLflow:    run {r.mlflow_run_id} (the 'final model' run of the study)"]
+    if r.registered:
+        name = r.registered.split("/")[1]
+        lines.append(f"  registry:  {r.registered}, alias champion: "
+                     f"mlflow.pyfunc.load_model('models:/{name}@champion')")
+    lines.append(f"  commit:    {r.commit}")
     return "\n".join(lines)
 
 
@@ -278,7 +287,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from harness.final import final_model
     from harness.model import sample_words
 
-    model, _hp, itos = final_model(_load(args))
+    spec = _load(args)
+    if args.model:  # a registered model, through the study's tracking store
+        from harness.registry import load
+        from harness.study import open_tracker
+
+        model, _hp, itos = load(args.model, open_tracker(spec).uri)
+    else:
+        model, _hp, itos = final_model(spec)
     for word in sample_words(model, itos, args.n, seed=args.seed, temperature=args.temperature,
                              max_length=args.max_length):
         print(word)
@@ -372,6 +388,37 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return subprocess.call(ui_command(uri, args.host, args.port))
     except KeyboardInterrupt:
         return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from harness.reproduce import reproduce
+
+    spec = _load(args)
+    print(f"retraining trial {args.trial} of study {spec.name} from its recorded config and "
+          "seed", file=sys.stderr)
+    r = reproduce(spec, args.trial, device=args.device)
+    print(f"trial {r.trial}: best dev loss recorded {r.recorded:.6f}, reproduced "
+          f"{r.reproduced:.6f} ({r.steps} steps, {r.threads} torch thread(s); recorded with "
+          f"{r.recorded_threads or 'unknown'})")
+    print(f"largest difference over the dev-loss curve: {r.max_difference:.2e} "
+          f"({'matches' if r.matches else 'does not match'} to 1e-6)")
+    if r.differences:
+        print("provenance differences (recorded -> now):")
+        for key, (then, now) in r.differences.items():
+            print(f"  {key}: {then} -> {now}")
+    else:
+        print("provenance: the same code, packages and machine kind as recorded")
+    return 0 if r.matches else EXIT_FAILED
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness import report
+
+    out = report.write(_load(args), Path(args.out) if args.out else None)
+    print(f"report written to {out} (and logged to the study's MLflow run)")
+    return 0
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
@@ -518,6 +565,9 @@ def _result_commands(add: Add) -> None:
                    help="softmax temperature: below 1 safer, above 1 wilder (default: 1.0)")
     p.add_argument("--max-length", type=positive_int, default=32,
                    help="longest name, in characters (default: 32)")
+    p.add_argument("--model", metavar="URI",
+                   help="sample from a registered model instead, e.g. models:/quick@champion "
+                        "(found in the study's tracking store)")
     p = add("leaderboard", cmd_leaderboard,
             "The studies' trials ranked by best dev loss, as CSV or Markdown (several study "
             "files make one table with a study column).", "stores", many=True)
@@ -547,6 +597,17 @@ def _result_commands(add: Add) -> None:
                    help="steps of the sweep (default: 1000)")
     p.add_argument("--low", type=float, default=1e-3, help="first lr (default: 1e-3)")
     p.add_argument("--high", type=float, default=1.0, help="last lr (default: 1)")
+    p = add("reproduce", cmd_reproduce,
+            "Retrain a recorded trial from its config and seed, on its thread count, and "
+            "compare its dev-loss curve (equal to 1e-6 on the same machine kind and packages; "
+            "exit 1 otherwise) and provenance.", "stores", "device")
+    p.add_argument("--trial", type=int, required=True, metavar="N", help="the trial's number")
+    p = add("report", cmd_report,
+            "Write the study's report as one Markdown file: provenance, the leaderboard's top "
+            "10, the figures, the final model's dev and test with the references, 20 names.",
+            "stores")
+    p.add_argument("--out", metavar="FILE",
+                   help="where to write it (default: mlruns/studies/NAME/report.md)")
     add("baseline", cmd_baseline,
         "Dev losses of count-based models on the study's split: the lecture's bigram and "
         "Kneser-Ney n-grams of orders 2 to 7 (discount tuned on dev).")
@@ -555,14 +616,16 @@ def _result_commands(add: Add) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `harness` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    from harness import logs
+    from harness import logs, provenance
 
+    provenance.set_command(sys.argv[1:] if argv is None else argv)
     logs.configure(args.verbose)
     from harness.coordinator import WorkersFailed
     from harness.data import DataError
     from harness.final import AlreadyFinalized, NothingToFinalize
     from harness.journal import JournalDamaged
     from harness.model import ModelFileError
+    from harness.reproduce import CannotReproduce
     from harness.spec import SpecError
     from harness.storage import StorageError, StudyNotFound
     from harness.study import BudgetConflict
@@ -574,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (StudyNotFound, StorageError, TrackingError, AlreadyFinalized, NothingToFinalize,
-            WorkersFailed, ModelFileError, JournalDamaged) as exc:
+            WorkersFailed, ModelFileError, JournalDamaged, CannotReproduce) as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -229,11 +229,18 @@ def load_search_data(cfg: DataConfig, context_length: int) -> SearchData:
 
 def load_test_examples(cfg: DataConfig, context_length: int) -> Examples:
     """The test split. Only the final evaluation calls this; never during a search."""
+    _, vocab = _words_and_vocab(cfg)
+    return build_examples(load_test_words(cfg), vocab, context_length)
+
+
+def load_test_words(cfg: DataConfig) -> list[str]:
+    """The test split's words (for the count-based references). Only the final evaluation
+    calls this; never during a search."""
     if _seals:
         raise SealedSplitError("the test split is sealed while a search runs; it is evaluated "
                               "once, by finalize")
-    (_train_w, _dev_w, test_w), vocab = _words_and_vocab(cfg)
-    return build_examples(test_w, vocab, context_length)
+    (_train_w, _dev_w, test_w), _vocab = _words_and_vocab(cfg)
+    return list(test_w)
 
 
 def training_words(cfg: DataConfig) -> frozenset[str]:

@@ -14,7 +14,7 @@
 6. record: `FinalResult` in the study's storage, a final MLflow run under the study's run, and
    `final.json` and `model.pt` in the study's folder.
 
-This module is the only caller of `harness.data.load_test_examples`.
+This module is the only caller of `harness.data.load_test_examples` and `load_test_words`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import multiprocessing
+import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -34,9 +35,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from harness import paths, plots, storage, trials
+from harness import baseline, paths, plots, provenance, storage, trials
+from harness.baseline import Reference
 from harness.coordinator import threads_per_worker
-from harness.data import load_search_data, load_test_examples, training_words
+from harness.data import load_search_data, load_test_examples, load_test_words, training_words
 from harness.events import FinalizeObserver
 from harness.hparams import HParams
 from harness.model import MLP, load_model, mean_loss, n_params, sample_words, save_model
@@ -102,6 +104,10 @@ class FinalResult:
     started_at: str
     finished_at: str
     mlflow_run_id: str | None = None
+    commit: str = "unknown"  # the harness's git commit ("+dirty" with local changes)
+    registered: str | None = None  # models:/NAME/VERSION in MLflow's Model Registry
+    # Count-based models scored on test at the same moment (chosen on dev): test beside test.
+    references: tuple[Reference, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,6 +119,7 @@ class FinalResult:
                                 for c in d["candidates"])
         for key in ("seeds", "dev_losses", "test_losses", "samples"):
             d[key] = tuple(d[key])
+        d["references"] = tuple(Reference(**r) for r in d.get("references", ()))
         return cls(**d)
 
     def save(self, path: Path) -> None:
@@ -181,8 +188,9 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", worke
     seeds = list(range(1, spec.finalize.seeds + 1))
     retrain(spec, pool, seeds, device=device, workers=workers, observer=observer)
     chosen = min(pool, key=lambda c: c.dev_mean)
-    test_losses, evaluations = evaluate_test(study, spec, chosen)
-    return record(spec, study, pool, chosen, seeds, test_losses, evaluations, started)
+    test_losses, evaluations, references = evaluate_test(study, spec, chosen)
+    return record(spec, study, pool, chosen, seeds, test_losses, evaluations, references,
+                  started)
 
 
 def _claim(study: optuna.Study, force: bool) -> None:
@@ -308,22 +316,25 @@ def _retrain_one(hp: HParams, spec: StudySpec, steps: int, device: str,
     return result.best_dev_loss, {k: v.cpu() for k, v in result.model.state_dict().items()}
 
 
-def evaluate_test(study: optuna.Study, spec: StudySpec,
-                  chosen: Candidate) -> tuple[list[float], int]:
-    """Phase 5: the chosen models' losses on the test split, read here and nowhere else. The
-    evaluation is counted in the storage first; returns the losses and that count."""
+def evaluate_test(study: optuna.Study, spec: StudySpec, chosen: Candidate,
+                  ) -> tuple[list[float], int, list[Reference]]:
+    """Phase 5: the chosen models' losses on the test split, read here and nowhere else, and
+    the count-based references' at the same moment. The evaluation is counted in the storage
+    first; returns the losses, that count and the references."""
     evaluations = storage.next_number(study, TEST_COUNTER) + 1
     test = load_test_examples(spec.data, chosen.hparams.context_length)
     losses = []
     for model in chosen.models:
         device = next(model.parameters()).device
         losses.append(mean_loss(model, test.X.to(device), test.Y.to(device)))
-    return losses, evaluations
+    dev_results = baseline.cached(spec.data, paths.study_dir(spec.name) / "baselines.json")
+    references = baseline.test_references(spec.data, load_test_words(spec.data), dev_results)
+    return losses, evaluations, references
 
 
 def record(spec: StudySpec, study: optuna.Study, pool: list[Candidate], chosen: Candidate,
            seeds: list[int], test_losses: list[float], evaluations: int,
-           started: float) -> FinalResult:
+           references: Sequence[Reference], started: float) -> FinalResult:
     """Phase 6: save the model (the chosen config's best seed), sample names, and record the
     result in the storage, in MLflow and in final.json."""
     best = min(range(len(seeds)), key=lambda j: chosen.dev_losses[j])
@@ -346,10 +357,13 @@ def record(spec: StudySpec, study: optuna.Study, pool: list[Candidate], chosen: 
         candidates=tuple(c.result() for c in pool), samples=tuple(names),
         novel_share=sum(n not in known for n in names) / len(names) if names else None,
         model_path=str(model_path), test_evaluations=evaluations,
-        started_at=_iso(started), finished_at=_iso(time.time()))
+        started_at=_iso(started), finished_at=_iso(time.time()), commit=provenance.commit(),
+        references=tuple(references))
     figure = plots.embeddings(model.embedding.weight, itos, out_dir / "plots" / "embeddings.png")
     result = dataclasses.replace(result, mlflow_run_id=_track(spec, study, result,
                                                               [model_path, figure]))
+    if spec.registry.enabled and result.mlflow_run_id:
+        result = dataclasses.replace(result, registered=_register(spec, result, model_path))
     storage.write_final(study, result.to_dict())
     result.save(out_dir / "final.json")
     return result
@@ -367,7 +381,8 @@ def _track(spec: StudySpec, study: optuna.Study, result: FinalResult,
     run = tracker.start_run(parent, spec.name, "final", "final model",
                             {"chosen_trial": result.chosen_trial, **result.config},
                             {"harness.stage": "final",
-                             "harness.test_evaluations": str(result.test_evaluations)})
+                             "harness.test_evaluations": str(result.test_evaluations),
+                             **provenance.collect()})
     try:
         for j, (dev, test) in enumerate(zip(result.dev_losses, result.test_losses, strict=True)):
             run.log_metrics({"seed_dev_loss": dev, "seed_test_loss": test}, step=j)
@@ -380,11 +395,29 @@ def _track(spec: StudySpec, study: optuna.Study, result: FinalResult,
                    "n_params": result.n_params, "test_evaluations": result.test_evaluations}
         if result.novel_share is not None:
             figures["novel_share"] = result.novel_share
+        for ref in result.references:  # e.g. reference_test_loss.kneser-ney_6-gram
+            key = re.sub(r"[^a-z0-9-]+", "_", ref.model.lower()).strip("_")
+            figures |= {f"reference_dev_loss.{key}": ref.dev_loss,
+                        f"reference_test_loss.{key}": ref.test_loss}
         run.finish(FINISHED, figures)
     except BaseException:
         run.finish(FAILED)
         raise
     return run.run_id
+
+
+def _register(spec: StudySpec, result: FinalResult, model_path: Path) -> str:
+    """Register the final model (alias champion, its figures as version tags)."""
+    from harness.registry import register
+
+    name = spec.registry.name or spec.name
+    assert result.mlflow_run_id is not None
+    version = register(open_tracker(spec).uri, result.mlflow_run_id, model_path, name, {
+        "dev_mean": f"{result.dev_mean:.6f}", "dev_std": f"{result.dev_std:.6f}",
+        "test_mean": f"{result.test_mean:.6f}", "test_std": f"{result.test_std:.6f}",
+        "chosen_trial": str(result.chosen_trial), "commit": result.commit,
+        "study": spec.name})
+    return f"models:/{name}/{version}"
 
 
 def final_model(spec: StudySpec) -> tuple[MLP, HParams, tuple[str, ...]]:

@@ -24,7 +24,7 @@ _STATE_ORDER = {"COMPLETE": 0, "REFERENCE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING"
 
 FIRST_COLUMNS = ["rank", "trial", "state", "model", "best_dev_loss", "best_step", "last_dev_loss"]
 LAST_COLUMNS = ["n_params", "steps", "steps_per_sec", "duration_s", "worker", "mlflow_run_id",
-                "fail_reason", "resumed_from_step", "warm_from"]
+                "fail_reason", "resumed_from_step", "warm_from", "threads", "commit"]
 COLUMNS = FIRST_COLUMNS + list(hparams.NAMES) + LAST_COLUMNS
 
 
@@ -50,6 +50,8 @@ def _row(r: TrialRecord) -> dict[str, Any]:
         "fail_reason": r.fail_reason,
         "resumed_from_step": r.resumed_from_step,
         "warm_from": r.warm_from,
+        "threads": r.threads,
+        "commit": r.commit,
     }
 
 

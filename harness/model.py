@@ -127,11 +127,14 @@ def sample(
     generator: torch.Generator,
     temperature: float = 1.0,
     max_length: int = 32,
+    context: torch.Tensor | None = None,
 ) -> list[list[int]]:
-    """Sample `n` sequences of token indices; each stops at the boundary token (0) or max_length."""
+    """Sample `n` sequences of token indices; each stops at the boundary token (0) or max_length.
+    `context` (n, T) continues given beginnings (default: all boundary tokens, a new word)."""
     model.eval()
     device = next(model.parameters()).device
-    context = torch.zeros((n, model.context_length), dtype=torch.long, device=device)
+    if context is None:
+        context = torch.zeros((n, model.context_length), dtype=torch.long, device=device)
     out = torch.zeros((n, max_length), dtype=torch.long, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     for t in range(max_length):
@@ -195,3 +198,29 @@ def sample_words(model: MLP, itos: Sequence[str], n: int, *, seed: int,
     gen = torch.Generator(device=device).manual_seed(seed)
     rows = sample(model, n, generator=gen, temperature=temperature, max_length=max_length)
     return ["".join(itos[i] for i in row) for row in rows]
+
+
+@torch.no_grad()
+def complete(model: MLP, itos: Sequence[str], prefixes: Sequence[str], *, seed: int = 0,
+             max_length: int = 32) -> list[tuple[str, dict[str, float]]]:
+    """For each prefix: a name sampled to complete it (seeded), and the probabilities of the
+    next character ('.' ends the name). Raises ValueError on a character outside the
+    vocabulary."""
+    stoi = {c: i for i, c in enumerate(itos)}
+    T = model.context_length
+    rows = []
+    for prefix in prefixes:
+        unknown = sorted(set(prefix) - set(stoi) | ({"."} & set(prefix)))
+        if unknown:
+            raise ValueError(f"prefix {prefix!r}: characters outside the vocabulary: {unknown}")
+        rows.append(([0] * T + [stoi[c] for c in prefix])[-T:] if T else [])
+    device = next(model.parameters()).device
+    context = torch.tensor(rows, dtype=torch.long, device=device).view(len(prefixes), T)
+    model.eval()
+    probs = F.softmax(model(context), dim=-1).cpu()  # (n, V)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    tails = sample(model, len(prefixes), generator=gen, max_length=max_length,
+                   context=context)
+    return [(prefix + "".join(itos[i] for i in tail),
+             {itos[i]: float(p) for i, p in enumerate(probs[j])})
+            for j, (prefix, tail) in enumerate(zip(prefixes, tails, strict=True))]

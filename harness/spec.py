@@ -30,6 +30,7 @@ A study file has these top-level keys (all but `search` optional)::
     storage: null                     # default: embedded journal file under mlruns/
     tracking: {uri: null, experiment: null}
     finalize: {enabled: true, top_k: 3, seeds: 3, steps: null, minutes: null, samples: 20}
+    registry: {enabled: true, name: null}   # the final model's registered name (null: name)
     workers: {count: 1, per_gpu: 1, threads: null, max_retry: 2, heartbeat_s: 60}
 """
 
@@ -158,6 +159,12 @@ class TrackingSpec:
 
 
 @dataclass(frozen=True)
+class RegistrySpec:
+    enabled: bool = True  # finalize registers the final model in MLflow's Model Registry
+    name: str | None = None  # the registered model's name; None: the study's name
+
+
+@dataclass(frozen=True)
 class WorkersSpec:
     count: int = 1  # local worker processes (1: trials run in the run-study process itself)
     per_gpu: int = 1  # with a CUDA device: worker r uses GPU (r // per_gpu) % n_gpus
@@ -209,6 +216,7 @@ class StudySpec:
     tracking: TrackingSpec
     finalize: FinalizeSpec
     workers: WorkersSpec
+    registry: RegistrySpec
     # Configs run first, once each, when the study is created (partial: the rest is sampled).
     enqueue: tuple[Mapping[str, Any], ...]
     warm_start: WarmStart | None
@@ -333,7 +341,7 @@ def _dataclass_keys(cls: type) -> list[str]:
 # Sections
 
 TOP_LEVEL = ("name", "data", "budget", "sampler", "pruner", "fixed", "search", "enqueue",
-             "warm_start", "storage", "tracking", "finalize", "workers")
+             "warm_start", "storage", "tracking", "finalize", "registry", "workers")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -663,6 +671,7 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
     tracking = _parse_section(top.get("tracking"), "tracking", TrackingSpec, errors)
     finalize = _parse_finalize(top.get("finalize"), errors)
     workers = _parse_workers(top.get("workers"), errors)
+    registry = _parse_section(top.get("registry"), "registry", RegistrySpec, errors)
 
     errors += _duplicates(search, "search")
     enqueue = _parse_enqueue(top.get("enqueue"), search, errors)
@@ -688,7 +697,8 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
         sampler=SamplerSpec(sampler_type, sampler_opts),
         pruner=PrunerSpec(pruner_type, pruner_opts),
         fixed=fixed, search=search, storage=storage, tracking=tracking, finalize=finalize,
-        workers=workers, enqueue=enqueue, warm_start=warm_start, source=source, raw=top,
+        workers=workers, registry=registry, enqueue=enqueue, warm_start=warm_start,
+        source=source, raw=top,
     )
 
 

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import socket
 import time
 import uuid
 import warnings
@@ -25,7 +26,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from harness import hparams, paths, storage, trials
+from harness import hparams, paths, provenance, storage, trials
 from harness.checkpoints import CheckpointStore
 from harness.data import DataError, load_search_data, sealed_test_split, summarize
 from harness.events import SearchObserver
@@ -174,6 +175,7 @@ def prepare_study(spec: StudySpec) -> tuple[optuna.Study, StudyRecord]:
                                      timeout_start=now, **_patience(spec))
         tracker.study_run(spec.name, record.identity, _spec_yaml(spec))
     storage.write_record(study, record)
+    tracker.set_tags(record.parent_run_id, provenance.collect())  # this run-study's
     storage.write_stopped(study, None)  # patience is judged afresh by this run
     reap(spec, study)
     return study, record
@@ -309,11 +311,15 @@ class _Objective:
                      trial.number)
             raise optuna.TrialPruned("surplus: beyond n_trials")
         hp = spec.base_hparams(**suggest(trial, spec.search))
-        trials.write(trial, TrialRecord(config=hp.to_dict(), worker=trials.worker_id(self.device)))
+        trials.write(trial, TrialRecord(config=hp.to_dict(), worker=trials.worker_id(self.device),
+                                        threads=torch.get_num_threads(),
+                                        commit=provenance.commit()))
         origin = trials.current(trial).origin
         resume = self._resume_state(trial, origin, hp)
-        run = self.tracker.start_trial(self.record.parent_run_id, spec.name, trial.number,
-                                       hp.to_dict(), _resume_tags(origin, resume))
+        run = self.tracker.start_trial(
+            self.record.parent_run_id, spec.name, trial.number, hp.to_dict(),
+            {**provenance.collect(), "harness.device": self.device,
+             "harness.threads": str(torch.get_num_threads()), **_resume_tags(origin, resume)})
         trials.write(trial, TrialRecord(mlflow_run_id=run.run_id))
         if resume is not None:  # the run and the pruner see the curve the chain already had
             trials.write(trial, TrialRecord(resumed_from_step=resume.step))
@@ -437,6 +443,9 @@ def work(spec: StudySpec, *, observer: SearchObserver | None = None, device: str
     study.sampler = build_sampler(spec, seed_offset=1000 * storage.next_number(study, "sampler"))
     study.pruner = build_pruner(spec)
     tracker = open_tracker(spec)
+    host = socket.gethostname()
+    tracker.set_tags(record.parent_run_id, {  # every host that worked on the study
+        f"harness.worker_host.{host}": f"{torch.get_num_threads()} threads, {device}"})
     objective = _Objective(spec, tracker, record, observer, device,
                            open_checkpoints(spec, tracker, record.parent_run_id))
     recs = trials.records(study)

@@ -1,6 +1,7 @@
 """MLflow tracking: one experiment per study, a parent run for the study, a child run per trial.
 
-This is the only module that imports mlflow. Every trial run logs every hyperparameter under the
+This module and harness.registry (the final model as an MLflow model) are the only ones that
+import mlflow. Every trial run logs every hyperparameter under the
 same keys (so the MLflow UI's parallel coordinates and scatter views work across trials), its
 dev and train loss per evaluation step, and ends with a status that follows the trial's state.
 """
@@ -153,6 +154,15 @@ class Tracker:
                               {"trial_number": number, **params},
                               {TAG_TRIAL: str(number), **(tags or {})})
 
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        _call(self.uri, lambda: self.client.log_batch(run_id, tags=batch))
+
+    def tags(self, run_id: str) -> dict[str, str]:
+        return dict(_call(self.uri, lambda: self.client.get_run(run_id)).data.tags)
+
     def end_run(self, run_id: str, status: str) -> None:
         _call(self.uri, lambda: self.client.set_terminated(run_id, status=status))
 
@@ -255,6 +265,11 @@ class ChildRun:
                 _call(self.uri, lambda: self.client.log_batch(self.run_id, tags=run_tags))
         finally:
             _call(self.uri, lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+def call_store(uri: str, fn: Callable[[], T]) -> T:
+    """`fn()`, which uses the store at `uri`, with its failures as TrackingError."""
+    return _call(uri, fn)
 
 
 def _call(uri: str, fn: Callable[[], T]) -> T:

@@ -71,6 +71,8 @@ class TrialRecord:
     checkpoint_step: int | None = None  # the step of the trial's latest checkpoint
     checkpoint_s: float | None = None  # seconds spent saving checkpoints
     warm_from: str | None = None  # "<study>#<trial>": a trial of an earlier study (warm_start)
+    threads: int | None = None  # the worker's torch threads (CPU results depend on them)
+    commit: str | None = None  # the worker's harness git commit
 
     def to_attrs(self) -> dict[str, Any]:
         """The harness's attrs that are set, as Optuna user attrs."""

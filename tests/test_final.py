@@ -83,9 +83,10 @@ def test_only_finalize_reaches_the_test_split():
             "print('harness.final' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-    users = [p.name for p in (REPO / "harness").glob("*.py")
-             if "load_test_examples" in p.read_text() and p.name != "data.py"]
-    assert users == ["final.py"]
+    for gate in ("load_test_examples", "load_test_words"):
+        users = [p.name for p in (REPO / "harness").glob("*.py")
+                 if gate in p.read_text() and p.name != "data.py"]
+        assert users == ["final.py"], gate
 
 
 def test_finalize_picks_by_mean_dev_loss_not_one_lucky_seed(write_study, monkeypatch):
@@ -146,9 +147,25 @@ def test_finalize_records_once_then_refuses_and_force_counts(write_study):
     spec = load_spec(write_study(small_study(budget={"n_trials": 2, "steps": 100,
                                                      "eval_every": 50})))
     run_search(spec)
+    assert storage.read_final(load_study(spec)) is None  # no test figure of any model yet
     result = finalize(spec)
     assert len(result.test_losses) == 2 and result.test_evaluations == 1
     assert 2.0 < result.test_mean < 3.4
+    # The references, scored on test at the same moment (the count still says 1): the bigram,
+    # and the Kneser-Ney order best on dev (6 on this split), test beside test.
+    from harness.baseline import KneserNey, bigram_loss
+    from harness.data import Vocab, read_words, split_words
+
+    bigram, kn = result.references
+    words = read_words(spec.data.path)
+    train, dev, test = split_words(words, spec.data)
+    vocab = Vocab.from_words(words)
+    assert bigram.model.startswith("bigram")
+    assert bigram.test_loss == bigram_loss(train, test, vocab) != bigram_loss(train, dev, vocab)
+    assert kn.model == "Kneser-Ney 6-gram" and kn.discount == 0.85
+    assert kn.dev_loss == pytest.approx(1.9835, abs=1e-4)
+    assert kn.test_loss == KneserNey(train, 6, vocab).loss(test, 0.85) != kn.dev_loss
+    assert "test" not in (paths.study_dir("tiny") / "baselines.json").read_text()
 
     # Stored in the study's records, in final.json (read back whole), and as a final MLflow run
     # with the model.
@@ -160,6 +177,7 @@ def test_finalize_records_once_then_refuses_and_force_counts(write_study):
     assert run.data.tags["harness.stage"] == "final"
     assert run.data.tags["mlflow.parentRunId"] == storage.read_record(study).parent_run_id
     assert run.data.metrics["test_mean"] == pytest.approx(result.test_mean)
+    assert run.data.metrics["reference_test_loss.kneser-ney_6-gram"] == kn.test_loss
     assert 0 <= run.data.metrics["novel_share"] <= 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model.pt", "final.json", "samples.txt"} <= artifacts
