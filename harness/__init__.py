@@ -11,12 +11,16 @@ Modules, one concept each, from the bottom up:
 - `journal`: damage in the embedded journal storage, found before writing
 - `storage`: the Optuna storage, claims (compare-and-set), what a study was created with
 - `trials`: what a trial is in storage (TrialRecord), the counting rules, the reaper
-- `samplers`: the spec's sampler and pruner
+- `samplers`: the spec's sampler and pruner, and its space in Optuna's terms
+- `checkpoints`: trial checkpoints on disk (and on a tracking server), for resuming retries
 - `events`: progress events the search and finalize report to an observer
 - `study`: creating or joining a study, the objective, one worker's trial loop
 - `coordinator`: run-study: local worker processes, progress, leaderboard, figures
 - `final`: the final model, the only reader of the test split (FinalResult)
-- `tracking`: MLflow, the only module that imports it
+- `tracking`: MLflow runs; with `registry` (the final model as an MLflow model) the only
+  modules that import mlflow
+- `provenance` (code, packages, machine, command), `reproduce` (retrain a recorded trial),
+  `report` (a study as one Markdown file)
 - `leaderboard`, `plots`, `lr_find`, `baseline` (count-based n-grams): looking at results
 - `paths` (the results folder), `redact` (masking passwords), `logs` (logging set-up)
 - `cli`: the `harness` command (`python -m harness` too): parsing and printing only

@@ -92,8 +92,10 @@ class Progress:
 
     def retrainings_planned(self, jobs: Sequence[Retraining], processes: int) -> None:
         trials = dict.fromkeys(f"trial {j.trial}: {j.steps} steps" for j in jobs)
+        how = ("chosen on mean dev loss" if len(trials) > 1 else
+               "one candidate (finalize.top_k 1): nothing to choose between")
         self.line(f"finalizing: {len(jobs)} retrainings on {processes} process(es), "
-                  f"{', '.join(trials)}; chosen on mean dev loss, then the test split, once")
+                  f"{', '.join(trials)}; {how}, then the test split, once")
 
     def retraining_evaluated(self, job: Retraining, step: int, dev_loss: float) -> None:
         self.status(f"trial {job.trial}, seed {job.seed}: step {step}/{job.steps}, "
@@ -402,13 +404,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
           f"{r.recorded_threads or 'unknown'})")
     print(f"largest difference over the dev-loss curve: {r.max_difference:.2e} "
           f"({'matches' if r.matches else 'does not match'} to 1e-6)")
+    if not r.matches and r.seed_noise is not None:
+        print(f"the best losses differ by {abs(r.recorded - r.reproduced):.4f}: "
+              f"{'within' if r.within_noise else 'beyond'} twice the seed noise recorded by "
+              f"finalize (dev std over seeds {r.seed_noise:.4f})")
     if r.differences:
         print("provenance differences (recorded -> now):")
         for key, (then, now) in r.differences.items():
             print(f"  {key}: {then} -> {now}")
     else:
         print("provenance: the same code, packages and machine kind as recorded")
-    return 0 if r.matches else EXIT_FAILED
+    return 0 if r.matches or r.within_noise else EXIT_FAILED
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness import hparams, provenance, trials
+from harness import hparams, provenance, storage, trials
 from harness.data import load_search_data, sealed_test_split
 from harness.spec import StudySpec
 from harness.study import load_study, open_tracker
@@ -42,15 +42,24 @@ class Reproduction:
     threads: int  # torch threads of this retraining
     recorded_threads: int | None
     differences: dict[str, tuple[str, str]] = field(default_factory=dict)  # provenance
+    seed_noise: float | None = None  # the final model's dev std over seeds, when finalized
 
     @property
     def matches(self) -> bool:
+        """Equal to 1e-6: the same machine kind, threads and packages."""
         return self.max_difference <= TOLERANCE
+
+    @property
+    def within_noise(self) -> bool:
+        """Elsewhere: the best losses differ by no more than twice the recorded seed noise."""
+        return self.seed_noise is not None and \
+            abs(self.recorded - self.reproduced) <= 2 * self.seed_noise
 
 
 def reproduce(spec: StudySpec, number: int, device: str = "cpu") -> Reproduction:
     """Retrain trial `number` of the spec's study and compare it with its record."""
-    recs = trials.records(load_study(spec))
+    study = load_study(spec)
+    recs = trials.records(study)
     if not 0 <= number < len(recs):
         raise CannotReproduce(f"study {spec.name!r} has no trial {number} "
                               f"(trials 0..{len(recs) - 1})")
@@ -74,10 +83,12 @@ def reproduce(spec: StudySpec, number: int, device: str = "cpu") -> Reproduction
     again = dict(result.dev_curve)
     common = sorted(set(again) & set(rec.intermediate))
     gap = max((abs(again[s] - rec.intermediate[s]) for s in common), default=float("inf"))
+    final = storage.read_final(study)
     return Reproduction(number, result.steps, min(rec.intermediate.values()),
                         result.best_dev_loss, gap, threads, rec.threads,
                         provenance.differences(_recorded_provenance(spec, rec),
-                                               provenance.collect()))
+                                               provenance.collect()),
+                        seed_noise=final["dev_std"] if final else None)
 
 
 def _recorded_provenance(spec: StudySpec, rec: trials.TrialRecord) -> dict[str, str]:

@@ -371,9 +371,18 @@ def test_a_real_tracking_server_that_goes_down_for_good_then_comes_back(write_st
     proc = serve(server, f"http://127.0.0.1:{port}/health", tmp_path)
     try:
         code, text = finish(harness(*args, "--set", "budget.steps=200", cwd=tmp_path))
+        # The final model is registered on the server too (alias champion).
+        final_code, final_text = finish(harness(
+            "finalize", str(path), "--tracking-uri", f"http://127.0.0.1:{port}", "--set",
+            "budget.steps=200", "--set", "finalize.top_k=1", "--set", "finalize.seeds=1",
+            cwd=tmp_path))
+        champion = MlflowClient(f"http://127.0.0.1:{port}").get_model_version_by_alias(
+            spec.name, "champion") if final_code == 0 else None
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+    assert final_code == 0, final_text
+    assert champion is not None and str(champion.version) == "1"
     assert code == 0, text
     assert "View run" not in text and f"MLflow UI:   http://127.0.0.1:{port}" in text
     assert trials.counted(trials.records(load_study(spec))) == 2
