@@ -90,6 +90,13 @@ class CheckpointStore:
             except Exception as exc:  # the run may be gone; the local copy is removed anyway
                 log.warning("could not delete the remote checkpoint of trial %d: %s", key, exc)
 
+    def keys(self) -> list[int]:
+        """The trials (first of their chains) that have a checkpoint on this machine."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(int(p.stem.removeprefix("trial-")) for p in self.folder.glob("trial-*.pt")
+                      if p.stem.removeprefix("trial-").isdigit())
+
     def disk_bytes(self) -> int:
         """Bytes the study's checkpoints take on this machine's disk."""
         if not self.folder.is_dir():

@@ -22,7 +22,7 @@ from harness import leaderboard, logs, paths, storage, trials
 from harness.events import SearchObserver
 from harness.spec import StudySpec
 from harness.storage import StudyRecord
-from harness.study import open_tracker, prepare_study, reap, work
+from harness.study import drop_orphan_checkpoints, open_tracker, prepare_study, reap, work
 from harness.tracking import FAILED, FINISHED, KILLED, Tracker, TrackingError
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ def _wrap_up(spec: StudySpec, study: optuna.Study, record: StudyRecord,
     out = paths.study_dir(spec.name) / "leaderboard.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     leaderboard.build(study).to_csv(out, index=False)
+    drop_orphan_checkpoints(spec, study)
     try:
         tracker = open_tracker(spec)
         tracker.log_artifact(record.parent_run_id, out)

@@ -95,6 +95,20 @@ def open_checkpoints(spec: StudySpec, tracker: Tracker | None = None,
     return CheckpointStore(paths.study_dir(spec.name) / "checkpoints", remote)
 
 
+def drop_orphan_checkpoints(spec: StudySpec, study: optuna.Study) -> list[int]:
+    """Delete the checkpoints that no running or waiting trial will continue (a chain out of
+    retries, a study stopped for good); returns their keys. Keeps all with keep_checkpoints."""
+    if spec.budget.keep_checkpoints:
+        return []
+    live = {r.origin for r in trials.records(study)
+            if r.state in (TrialState.RUNNING, TrialState.WAITING)}
+    store = open_checkpoints(spec)
+    orphans = [k for k in store.keys() if k not in live]
+    for key in orphans:
+        store.delete(key)
+    return orphans
+
+
 def load_study(spec: StudySpec) -> optuna.Study:
     """The existing study of a spec (no sampler or pruner needed). Raises StudyNotFound."""
     return storage.load(spec.storage, spec.name, heartbeat_s=spec.workers.heartbeat_s,

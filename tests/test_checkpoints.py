@@ -115,3 +115,26 @@ def test_checkpoints_travel_through_a_tracking_server(tmp_path, state):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+def test_checkpoints_no_trial_will_continue_are_dropped(write_study, state):
+    """A chain out of retries leaves its checkpoint behind: run-study's wrap-up drops every
+    checkpoint that no running or waiting trial will continue, and keeps the others."""
+    from harness.spec import load_spec
+    from harness.study import drop_orphan_checkpoints, open_checkpoints, prepare_study
+
+    from .conftest import tiny_study
+
+    spec = load_spec(write_study(tiny_study()))
+    study, _record = prepare_study(spec)
+    running = study.ask()
+    study.enqueue_trial({"lr": 0.005, "batch_size": 32})
+    waiting = len(study.trials) - 1
+    store = open_checkpoints(spec)
+    for key in (running.number, waiting, 17):
+        store.save(key, state)
+    assert drop_orphan_checkpoints(spec, study) == [17]
+    assert store.keys() == [running.number, waiting]
+    kept = load_spec(write_study(tiny_study(budget={"keep_checkpoints": True})))
+    store.save(17, state)
+    assert drop_orphan_checkpoints(kept, study) == [] and 17 in store.keys()
