@@ -82,6 +82,8 @@ class Progress:
         figure = f"best dev {loss:.4f} at step {trial.best_step}" if loss else ""
         if trial.state.name == "FAIL":
             figure = trial.fail_reason or "failed"
+        if trial.infeasible:
+            figure = f"infeasible: {trial.infeasible}" + ("" if loss else ", not trained")
         took = f"  ({trial.duration_s:.1f} s)" if trial.duration_s else ""
         best_text = f"{best:.4f}" if best is not None else "-"
         self.header = f"[{done}/{total} trials, best {best_text}] "

@@ -181,7 +181,8 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", worke
     started = time.time()
     pool = candidates(study, spec.finalize.top_k)
     if not pool:
-        raise NothingToFinalize(f"study {spec.name!r} has no complete trial to finalize")
+        raise NothingToFinalize(f"study {spec.name!r} has no complete trial within its "
+                                "constraints to finalize")
     _claim(study, force)
     for cand in pool:
         cand.steps = plan_steps(cand, spec)
@@ -215,8 +216,10 @@ def _claim(study: optuna.Study, force: bool) -> None:
 
 
 def candidates(study: optuna.Study, top_k: int) -> list[Candidate]:
-    """Phase 2: the best `top_k` complete trials with distinct configs (the seed aside)."""
-    complete = sorted((r for r in trials.records(study) if r.state == TrialState.COMPLETE),
+    """Phase 2: the best `top_k` feasible complete trials with distinct configs (the seed
+    aside)."""
+    complete = sorted((r for r in trials.records(study)
+                       if r.state == TrialState.COMPLETE and r.feasible),
                       key=lambda r: r.value)
     out: list[Candidate] = []
     seen: set[tuple] = set()

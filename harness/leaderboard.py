@@ -1,6 +1,7 @@
 """Trials -> a ranked pandas DataFrame -> CSV.
 
-Complete trials come first, ranked by best dev loss; pruned, failed and running trials follow,
+Complete trials come first, ranked by best dev loss (those outside the objective's constraints
+after the feasible ones, unranked: `feasible` False); pruned, failed and running trials follow,
 with their best or last dev loss and the failure reason. Reference models (count-based n-grams,
 harness.baseline) can stand among the complete trials as unranked REFERENCE rows.
 """
@@ -22,7 +23,8 @@ from harness.trials import TrialRecord, search_records
 _STATE_ORDER = {"COMPLETE": 0, "REFERENCE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3,
                 "WAITING": 4}
 
-FIRST_COLUMNS = ["rank", "trial", "state", "model", "best_dev_loss", "best_step", "last_dev_loss"]
+FIRST_COLUMNS = ["rank", "trial", "state", "feasible", "model", "best_dev_loss", "best_step",
+                 "last_dev_loss"]
 LAST_COLUMNS = ["n_params", "steps", "steps_per_sec", "duration_s", "worker", "mlflow_run_id",
                 "fail_reason", "resumed_from_step", "warm_from", "threads", "commit"]
 COLUMNS = FIRST_COLUMNS + list(hparams.NAMES) + LAST_COLUMNS
@@ -36,6 +38,7 @@ def _row(r: TrialRecord) -> dict[str, Any]:
     return {
         "trial": r.number,
         "state": r.state.name,
+        "feasible": r.feasible,
         "model": "mlp",
         "best_dev_loss": r.best,
         "best_step": best_step,
@@ -68,12 +71,14 @@ def build(study: optuna.Study, references: Sequence[Any] = ()) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=COLUMNS)
     order = df["state"].map(_STATE_ORDER).fillna(len(_STATE_ORDER))
+    # Trials outside the objective's constraints rank after every feasible one of their state.
+    infeasible = df["feasible"].eq(False)
     loss = df["best_dev_loss"].astype(float).fillna(math.inf)
-    df = (df.assign(_order=order, _loss=loss)
-            .sort_values(["_order", "_loss", "trial"], kind="stable")
-            .drop(columns=["_order", "_loss"])
+    df = (df.assign(_order=order, _infeasible=infeasible, _loss=loss)
+            .sort_values(["_order", "_infeasible", "_loss", "trial"], kind="stable")
+            .drop(columns=["_order", "_infeasible", "_loss"])
             .reset_index(drop=True))
-    complete = df["state"] == TrialState.COMPLETE.name
+    complete = (df["state"] == TrialState.COMPLETE.name) & ~df["feasible"].eq(False)
     df.insert(0, "rank", complete.cumsum().where(complete).astype("Int64"))
     df["trial"] = df["trial"].astype("Int64")
     return df

@@ -31,6 +31,9 @@ A study file has these top-level keys (all but `search` optional)::
     tracking: {uri: null, experiment: null}
     finalize: {enabled: true, top_k: 3, seeds: 3, steps: null, minutes: null, samples: 20}
     registry: {enabled: true, name: null}   # the final model's registered name (null: name)
+    objective:                        # absent: minimize dev loss, no constraints
+      minimize: dev_loss
+      constraints: {n_params: {max: 80000}, steps_per_sec: {min: 500}}
     workers: {count: 1, per_gpu: 1, threads: null, max_retry: 2, heartbeat_s: 60}
 """
 
@@ -158,6 +161,30 @@ class TrackingSpec:
     experiment: str | None = None  # None: the study's name
 
 
+# Measured figures a constraint can bound, and which bounds make sense for each.
+CONSTRAINT_METRICS: Mapping[str, tuple[str, ...]] = {
+    "n_params": ("max",),  # known before training: a config over it is never trained
+    "steps_per_sec": ("min",),  # measured by the trial
+}
+
+
+@dataclass(frozen=True)
+class Constraint:
+    metric: str  # one of CONSTRAINT_METRICS
+    bound: str  # "max" or "min"
+    value: float
+
+    def violation(self, measured: float) -> float:
+        """How far `measured` lies outside the bound (<= 0: within it)."""
+        return measured - self.value if self.bound == "max" else self.value - measured
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    minimize: str = "dev_loss"  # the one objective (the best dev loss of a trial)
+    constraints: tuple[Constraint, ...] = ()
+
+
 @dataclass(frozen=True)
 class RegistrySpec:
     enabled: bool = True  # finalize registers the final model in MLflow's Model Registry
@@ -217,6 +244,7 @@ class StudySpec:
     finalize: FinalizeSpec
     workers: WorkersSpec
     registry: RegistrySpec
+    objective: ObjectiveSpec
     # Configs run first, once each, when the study is created (partial: the rest is sampled).
     enqueue: tuple[Mapping[str, Any], ...]
     warm_start: WarmStart | None
@@ -341,7 +369,8 @@ def _dataclass_keys(cls: type) -> list[str]:
 # Sections
 
 TOP_LEVEL = ("name", "data", "budget", "sampler", "pruner", "fixed", "search", "enqueue",
-             "warm_start", "storage", "tracking", "finalize", "registry", "workers")
+             "warm_start", "objective", "storage", "tracking", "finalize", "registry",
+             "workers")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -583,6 +612,31 @@ def _parse_finalize(raw: Any, errors: list[str]) -> FinalizeSpec:
     return f
 
 
+def _parse_objective(raw: Any, errors: list[str]) -> ObjectiveSpec:
+    d = _mapping(raw, "objective", errors)
+    _reject_unknown(d, ["minimize", "constraints"], "objective", errors)
+    if d.get("minimize", "dev_loss") != "dev_loss":
+        errors.append(f"objective.minimize: only dev_loss can be minimized, got "
+                      f"{d['minimize']!r}")
+    constraints = []
+    table = _mapping(d.get("constraints"), "objective.constraints", errors)
+    _reject_unknown(table, list(CONSTRAINT_METRICS), "objective.constraints", errors)
+    for metric, bounds in table.items():
+        if metric not in CONSTRAINT_METRICS:
+            continue
+        path = f"objective.constraints.{metric}"
+        bounds = _mapping(bounds, path, errors)
+        _reject_unknown(bounds, CONSTRAINT_METRICS[metric], path, errors)
+        for bound, value in bounds.items():
+            if bound not in CONSTRAINT_METRICS[metric]:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                errors.append(f"{path}.{bound}: must be a number > 0, got {value!r}")
+                continue
+            constraints.append(Constraint(metric, bound, float(value)))
+    return ObjectiveSpec(constraints=tuple(constraints))
+
+
 def _parse_workers(raw: Any, errors: list[str]) -> WorkersSpec:
     w: WorkersSpec = _parse_section(raw, "workers", WorkersSpec, errors)
     _at_least(w, "workers", 1, ("count", "per_gpu", "threads", "heartbeat_s"), errors)
@@ -672,6 +726,7 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
     finalize = _parse_finalize(top.get("finalize"), errors)
     workers = _parse_workers(top.get("workers"), errors)
     registry = _parse_section(top.get("registry"), "registry", RegistrySpec, errors)
+    objective = _parse_objective(top.get("objective"), errors)
 
     errors += _duplicates(search, "search")
     enqueue = _parse_enqueue(top.get("enqueue"), search, errors)
@@ -697,7 +752,8 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
         sampler=SamplerSpec(sampler_type, sampler_opts),
         pruner=PrunerSpec(pruner_type, pruner_opts),
         fixed=fixed, search=search, storage=storage, tracking=tracking, finalize=finalize,
-        workers=workers, registry=registry, enqueue=enqueue, warm_start=warm_start,
+        workers=workers, registry=registry, objective=objective, enqueue=enqueue,
+        warm_start=warm_start,
         source=source, raw=top,
     )
 

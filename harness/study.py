@@ -31,6 +31,7 @@ from harness.checkpoints import CheckpointStore
 from harness.data import DataError, load_search_data, sealed_test_split, summarize
 from harness.events import SearchObserver
 from harness.hparams import HParams
+from harness.model import MLP, n_params
 from harness.redact import redact
 from harness.samplers import build_pruner, build_sampler, fit
 from harness.spec import CategoricalParam, FloatParam, IntParam, Param, StudySpec, iter_params
@@ -328,6 +329,10 @@ class _Objective:
         trials.write(trial, TrialRecord(config=hp.to_dict(), worker=trials.worker_id(self.device),
                                         threads=torch.get_num_threads(),
                                         commit=provenance.commit()))
+        data = load_search_data(spec.data, hp.context_length)
+        size = n_params(MLP.from_hparams(hp, len(data.vocab)))
+        if not self._judge(trial, {"n_params": size}, n_params=size).feasible:
+            raise optuna.TrialPruned("infeasible before training")  # never trained
         origin = trials.current(trial).origin
         resume = self._resume_state(trial, origin, hp)
         run = self.tracker.start_trial(
@@ -344,7 +349,6 @@ class _Objective:
         if self.observer:
             self.observer.trial_started(trial.number, hp.to_dict())
         try:
-            data = load_search_data(spec.data, hp.context_length)
             result = train(hp, data, steps=spec.budget.steps, eval_every=spec.budget.eval_every,
                            on_eval=self._on_eval(trial, run), device=self.device,
                            checkpoint_every=spec.budget.checkpoint_interval,
@@ -357,6 +361,7 @@ class _Objective:
             best_dev_loss=result.best_dev_loss, best_step=result.best_step, steps=result.steps,
             last_dev_loss=result.dev_loss, train_s=result.elapsed_s, n_params=result.n_params,
             steps_per_sec=result.steps_per_sec))
+        self._judge(trial, {"n_params": result.n_params, "steps_per_sec": result.steps_per_sec})
         figures = {"best_dev_loss": result.best_dev_loss, "n_params": result.n_params,
                    "steps_per_sec": result.steps_per_sec}
         if result.stopped_early:
@@ -364,6 +369,23 @@ class _Objective:
             raise optuna.TrialPruned(f"pruned at step {result.steps}")
         run.finish(FINISHED, figures, tags={"harness.state": "COMPLETE"})
         return result.best_dev_loss
+
+    def _judge(self, trial: optuna.Trial, measured: dict[str, float],
+               **figures: Any) -> TrialRecord:
+        """Record the trial's constraint violations for what is measured (a figure not
+        measured yet counts as within its bound) and why it is infeasible, if it is."""
+        constraints = self.spec.objective.constraints
+        if not constraints:
+            return TrialRecord()
+        violations = [c.violation(measured[c.metric]) if c.metric in measured else 0.0
+                      for c in constraints]
+        reason = "; ".join(
+            f"{c.metric} {measured[c.metric]:,.0f} is {'above' if c.bound == 'max' else 'below'}"
+            f" its {c.bound} {c.value:,.0f}"
+            for c, v in zip(constraints, violations, strict=True) if v > 0)
+        record = TrialRecord(violations=violations, infeasible=reason or None, **figures)
+        trials.write(trial, record)
+        return record
 
     def _on_eval(self, trial: optuna.Trial, run: ChildRun) -> OnEval:
         """Log each evaluation, report it to the pruner, and ask whether to stop."""

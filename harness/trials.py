@@ -72,6 +72,10 @@ class TrialRecord:
     checkpoint_s: float | None = None  # seconds spent saving checkpoints
     warm_from: str | None = None  # "<study>#<trial>": a trial of an earlier study (warm_start)
     threads: int | None = None  # the worker's torch threads (CPU results depend on them)
+    # objective.constraints: how far each measured figure lies outside its bound (<= 0: within),
+    # in the spec's order, and why the trial is infeasible (None: it is not)
+    violations: Sequence[float] | None = None
+    infeasible: str | None = None
     commit: str | None = None  # the worker's harness git commit
 
     def to_attrs(self) -> dict[str, Any]:
@@ -107,6 +111,11 @@ class TrialRecord:
         if self.best_dev_loss is not None:
             return self.best_dev_loss
         return min(self.intermediate.values(), default=None)
+
+    @property
+    def feasible(self) -> bool:
+        """Within every constraint of the study's objective (a trial without any is)."""
+        return self.infeasible is None
 
     @property
     def origin(self) -> int:
@@ -179,9 +188,16 @@ def budget_taken(recs: Sequence[TrialRecord], n_trials: int) -> bool:
 
 
 def best_value(recs: Sequence[TrialRecord]) -> float | None:
-    """The best complete trial's value, or None."""
-    return min((r.value for r in recs if r.state == TrialState.COMPLETE and r.value is not None),
-               default=None)
+    """The best feasible complete trial's value, or None."""
+    return min((r.value for r in recs if r.state == TrialState.COMPLETE and r.value is not None
+                and r.feasible), default=None)
+
+
+def violations(t: FrozenTrial, n: int) -> list[float]:
+    """A finished trial's constraint violations for the sampler (Optuna's constraints_func);
+    zeros where the trial recorded none (it failed before any was measured)."""
+    v = TrialRecord.from_trial(t).violations
+    return [float(x) for x in v] if v is not None and len(v) == n else [0.0] * n
 
 
 def stalled(recs: Sequence[TrialRecord], patience: int, min_delta: float) -> str | None:
@@ -214,7 +230,7 @@ class StudyStatus:
     states: Mapping[str, int]  # trials by state name, surplus and warm-start ones left out
     counted: int  # trials that count against n_trials
     warm: int  # trials added from an earlier study (warm_start)
-    best: TrialRecord | None  # the best complete trial
+    best: TrialRecord | None  # the best feasible complete trial
     running: tuple[TrialRecord, ...]
 
 
@@ -224,7 +240,8 @@ def status(recs: Sequence[TrialRecord]) -> StudyStatus:
     own = [r for r in shown if not r.warm_from]
     states = {s.name: sum(r.state == s for r in own) for s in
               (*COUNTED_STATES, TrialState.RUNNING, TrialState.WAITING)}
-    complete = [r for r in shown if r.state == TrialState.COMPLETE and r.value is not None]
+    complete = [r for r in shown if r.state == TrialState.COMPLETE and r.value is not None
+                and r.feasible]
     best = min(complete, key=lambda r: r.value, default=None)
     return StudyStatus(states, counted(recs), len(shown) - len(own), best,
                        tuple(r for r in shown if r.state == TrialState.RUNNING))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 
@@ -331,3 +332,48 @@ def test_warm_start_skips_trials_of_other_fixed_values_or_steps(write_study, cap
             study, record = prepare_study(spec)
         assert (record.warm_trials, record.warm_skipped) == (0, 2)
         assert reason in caplog.text
+
+
+def test_constraints_keep_oversized_configs_untrained_and_out_of_the_ranking(write_study,
+                                                                             capsys):
+    """objective.constraints: a config over n_params.max is recorded infeasible at once, never
+    trained and never opened as a run; one under steps_per_sec.min trains but is infeasible;
+    the leaderboard ranks feasible trials only, finalize picks among them, and the sampler
+    reads the violations (Optuna's constraints_func)."""
+    from harness.cli import main
+    from harness.samplers import build_sampler
+
+    study = tiny_study(
+        budget={"n_trials": 4, "steps": 100, "eval_every": 50},
+        search={"hidden_width": [8, 64, 500]},  # 500 wide: 26,243 parameters
+        enqueue=[{"hidden_width": 500}, {"hidden_width": 8}, {"hidden_width": 64}],
+        objective={"constraints": {"n_params": {"max": 10_000}}},
+        finalize={"top_k": 3, "seeds": 1, "samples": 0}, registry={"enabled": False})
+    study["fixed"] = {k: v for k, v in study["fixed"].items() if k != "hidden_width"}
+    path = write_study(study)
+    assert main(["run-study", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "infeasible: n_params 26,243 is above its max 10,000, not trained" in err
+    recs = trials.records(load_study(load_spec(path)))
+    big = recs[0]
+    assert big.state.name == "PRUNED" and not big.intermediate and big.mlflow_run_id is None
+    assert big.violations == [26_243 - 10_000] and not big.feasible
+    assert all(r.feasible for r in recs[1:])
+    board = pd.read_csv(paths.study_dir("tiny") / "leaderboard.csv")
+    assert list(board.loc[board["trial"] == 0, "feasible"]) == [False]
+    final = json.loads((paths.study_dir("tiny") / "final.json").read_text())
+    assert 0 not in {c["trial"] for c in final["candidates"]}
+    sampler = build_sampler(load_spec(path, ["sampler.type=tpe"]))
+    assert sampler._constraints_func(load_study(load_spec(path)).trials[0]) == [16_243.0]
+
+    # A measured constraint: every trial trains, and those too slow are infeasible.
+    slow = write_study({**study, "name": "slow", "enqueue": [{"hidden_width": 8}],
+                        "objective": {"constraints": {"steps_per_sec": {"min": 1.0e9}}},
+                        "budget": {"n_trials": 1, "steps": 100, "eval_every": 50}},
+                       name="slow.yaml")
+    assert main(["run-study", str(slow), "--no-finalize"]) == 0
+    (rec,) = trials.records(load_study(load_spec(slow)))
+    assert rec.state.name == "COMPLETE" and not rec.feasible
+    assert rec.infeasible.startswith("steps_per_sec") and "below its min" in rec.infeasible
+    assert main(["finalize", str(slow)]) == 1
+    assert "no complete trial within its constraints" in capsys.readouterr().err
