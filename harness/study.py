@@ -216,13 +216,7 @@ def _warm_start(spec: StudySpec, study: optuna.Study) -> dict[str, Any]:
     for r in complete:
         dists, why = fit(spec.search, r.hparams)
         params = {k: r.hparams[k] for k in dists}
-        base = spec.base_hparams(**params).to_dict() if why is None else {}
-        why = why or next((f"it trained with {k}={r.hparams.get(k)!r}, this study uses {v!r}"
-                           for k, v in base.items() if k != "seed" and r.hparams.get(k) != v),
-                          None)
-        if why is None and r.steps != spec.budget.steps:
-            why = f"it trained {r.steps} steps, this study's trials train {spec.budget.steps}"
-        if why:
+        if why := why or _misfit(spec, r, params):
             log.warning("warm start: trial %d of %s skipped: %s", r.number, source.study_name,
                         why)
             continue
@@ -233,6 +227,17 @@ def _warm_start(spec: StudySpec, study: optuna.Study) -> dict[str, Any]:
         added += 1
     return {"warm_from": source.study_name, "warm_trials": added,
             "warm_skipped": len(complete) - added}
+
+
+def _misfit(spec: StudySpec, r: TrialRecord, params: dict[str, Any]) -> str | None:
+    """Why an earlier trial whose params fit the space still does not fit this study: another
+    value of a hyperparameter this study fixes (the seed aside), or another step budget."""
+    for k, v in spec.base_hparams(**params).to_dict().items():
+        if k != "seed" and r.hparams.get(k) != v:
+            return f"it trained with {k}={r.hparams.get(k)!r}, this study uses {v!r}"
+    if r.steps != spec.budget.steps:
+        return f"it trained {r.steps} steps, this study's trials train {spec.budget.steps}"
+    return None
 
 
 def _earlier_study(spec: StudySpec) -> optuna.Study:
