@@ -220,10 +220,13 @@ def _warm_start(spec: StudySpec, study: optuna.Study) -> dict[str, Any]:
             log.warning("warm start: trial %d of %s skipped: %s", r.number, source.study_name,
                         why)
             continue
-        study.add_trial(optuna.trial.create_trial(
+        warm = optuna.trial.create_trial(
             params=params, distributions=dists, value=r.value, intermediate_values=r.intermediate,
             user_attrs=dataclasses.replace(
-                r, warm_from=r.warm_from or f"{source.study_name}#{r.number}").to_attrs()))
+                r, warm_from=r.warm_from or f"{source.study_name}#{r.number}").to_attrs())
+        # When it ran (not when it was copied): "the last improvement" stays true.
+        warm.datetime_start, warm.datetime_complete = r.started, r.completed
+        study.add_trial(warm)
         added += 1
     return {"warm_from": source.study_name, "warm_trials": added,
             "warm_skipped": len(complete) - added}

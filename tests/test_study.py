@@ -312,6 +312,7 @@ def test_warm_start_adds_the_earlier_studys_fitting_trials_uncounted(write_study
     assert [(r.value, r.mlflow_run_id, r.params) for r in warm] == \
            [(r.value, r.mlflow_run_id, r.params) for r in fits]
     assert [r.warm_from for r in warm] == [f"earlier#{r.number}" for r in fits]
+    assert [r.completed for r in warm] == [r.completed for r in fits]  # when they ran
     assert trials.counted(recs) == 2 and len(recs) == len(fits) + 2  # its own 2 trials ran
     assert main(["status", str(later)]) == 0
     assert f"warm:    {len(fits)} complete trials of study earlier" in capsys.readouterr().out
