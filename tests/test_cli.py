@@ -22,7 +22,7 @@ def harness(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 COMMANDS = ["run-study", "train", "worker", "finalize", "status", "sample", "leaderboard", "ui",
-            "lr-find", "baseline"]
+            "lr-find", "baseline", "reproduce", "report"]
 
 
 def test_help_lists_every_command(capsys):
@@ -90,7 +90,8 @@ def test_leaderboard_of_a_study_never_run(write_study, capsys):
     assert "has not been run yet" in capsys.readouterr().err
 
 
-STUDY_COMMANDS = ["run-study", "worker", "finalize", "status", "leaderboard", "sample", "ui"]
+STUDY_COMMANDS = ["run-study", "worker", "finalize", "status", "leaderboard", "sample", "ui",
+                  "report"]
 
 
 @pytest.mark.parametrize("command", STUDY_COMMANDS)
