@@ -20,7 +20,6 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from harness import trials
 from harness.spec import CategoricalParam, IntParam, Param, StudySpec, iter_params
 
 
@@ -34,8 +33,6 @@ def build_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.Base
                               for p in iter_params(spec.search))
         opts.setdefault("multivariate", True)
         opts.setdefault("group", has_conditional and opts["multivariate"])
-        if spec.objective.constraints:  # infeasible trials teach it where not to go
-            opts["constraints_func"] = _Violations(len(spec.objective.constraints))
         with warnings.catch_warnings():  # `group` is marked experimental; it is what we want
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(seed=seed, **opts)
@@ -48,16 +45,6 @@ def build_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.Base
     if kind == "grid":
         return optuna.samplers.GridSampler(grid_space(spec.search), seed=seed)
     raise ValueError(f"unknown sampler {kind!r}")
-
-
-class _Violations:
-    """TPE's constraints_func: a trial's recorded violations (<= 0 within a bound)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __call__(self, trial: optuna.trial.FrozenTrial) -> list[float]:
-        return trials.violations(trial, self.n)
 
 
 def grid_space(space: Sequence[Param]) -> dict[str, list[Any]]:

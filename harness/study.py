@@ -393,6 +393,8 @@ class _Objective:
             for c, v in zip(constraints, violations, strict=True) if v > 0)
         record = TrialRecord(violations=violations, infeasible=reason or None, **figures)
         trials.write(trial, record)
+        for c, v in zip(constraints, violations, strict=True):  # what TPE reads: > 0 infeasible
+            trial.set_constraint(f"{c.metric}.{c.bound}", v)
         return record
 
     def _on_eval(self, trial: optuna.Trial, run: ChildRun) -> OnEval:

@@ -193,12 +193,6 @@ def best_value(recs: Sequence[TrialRecord]) -> float | None:
                 and r.feasible), default=None)
 
 
-def violations(t: FrozenTrial, n: int) -> list[float]:
-    """A finished trial's constraint violations for the sampler (Optuna's constraints_func);
-    zeros where the trial recorded none (it failed before any was measured)."""
-    v = TrialRecord.from_trial(t).violations
-    return [float(x) for x in v] if v is not None and len(v) == n else [0.0] * n
-
 
 def stalled(recs: Sequence[TrialRecord], patience: int, min_delta: float) -> str | None:
     """Why the study should start no more trials: its best dev loss did not improve by
