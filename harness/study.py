@@ -338,9 +338,11 @@ class _Objective:
                                         threads=torch.get_num_threads(),
                                         commit=provenance.commit()))
         data = load_search_data(spec.data, hp.context_length)
-        size = n_params(MLP.from_hparams(hp, len(data.vocab)))
-        if not self._judge(trial, {"n_params": size}, n_params=size).feasible:
-            raise optuna.TrialPruned("infeasible before training")  # never trained
+        if any(c.metric == "n_params" for c in spec.objective.constraints):
+            # Known before training: a model over the bound is never trained.
+            size = n_params(MLP.from_hparams(hp, len(data.vocab)))
+            if not self._judge(trial, {"n_params": size}, n_params=size).feasible:
+                raise optuna.TrialPruned("infeasible before training")
         origin = trials.current(trial).origin
         resume = self._resume_state(trial, origin, hp)
         run = self.tracker.start_trial(
