@@ -12,6 +12,7 @@ Modules, one concept each, from the bottom up:
 - `storage`: the Optuna storage, claims (compare-and-set), what a study was created with
 - `trials`: what a trial is in storage (TrialRecord), the counting rules, the reaper
 - `samplers`: the spec's sampler and pruner, and its space in Optuna's terms
+- `pareto`: Pareto mode's front (dev loss against size or time) and finalize's pick rules
 - `checkpoints`: trial checkpoints on disk (and on a tracking server), for resuming retries
 - `events`: progress events the search and finalize report to an observer
 - `study`: creating or joining a study, the objective, one worker's trial loop

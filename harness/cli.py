@@ -13,7 +13,7 @@ from harness.redact import redact
 
 if TYPE_CHECKING:
     from harness.final import FinalResult, Retraining
-    from harness.spec import StudySpec
+    from harness.spec import PickRule, StudySpec
     from harness.trials import TrialRecord
 
 EXIT_USAGE = 2  # bad study file, data file or arguments: nothing was run
@@ -53,6 +53,7 @@ class Progress:
         self.live = self.stream.isatty()
         self.header = ""
         self.running: dict[int, str] = {}  # trial number -> its latest progress
+        self.picked_by: PickRule | None = None  # finalize in Pareto mode
 
     def status(self, text: str) -> None:
         if self.live:
@@ -92,9 +93,18 @@ class Progress:
 
     # -- finalize
 
+    def picked(self, trial: TrialRecord, front: Sequence[TrialRecord], rule: PickRule) -> None:
+        from harness import pareto
+
+        self.picked_by = rule
+        self.line(f"Pareto front: {len(front)} trials; finalize.pick {rule.as_written()}: "
+                  f"{describe_pick(rule)}\n  -> trial {trial.number}: dev {trial.value:.4f}, "
+                  f"{pareto.cost(trial, rule.metric):,.0f} {UNITS[rule.metric]}")
+
     def retrainings_planned(self, jobs: Sequence[Retraining], processes: int) -> None:
         trials = dict.fromkeys(f"trial {j.trial}: {j.steps} steps" for j in jobs)
         how = ("chosen on mean dev loss" if len(trials) > 1 else
+               "the trial picked from the front" if self.picked_by else
                "one candidate (finalize.top_k 1): nothing to choose between")
         self.line(f"finalizing: {len(jobs)} retrainings on {processes} process(es), "
                   f"{', '.join(trials)}; {how}, then the test split, once")
@@ -107,10 +117,33 @@ class Progress:
         self.line(f"[{done}/{total}] trial {job.trial}, seed {job.seed}: best dev {dev_loss:.4f}")
 
 
+UNITS = {"n_params": "parameters", "train_seconds": "training seconds"}  # Pareto metrics
+
+
+def format_front(recs: Sequence[TrialRecord], metric: str) -> str:
+    """Pareto mode's result: the front, cheapest first."""
+    from harness import pareto
+
+    front = pareto.front(recs, metric)
+    lines = [f"Pareto front (dev loss against {UNITS[metric]}): {len(front)} trials"]
+    lines += [f"  trial {r.number:>4}: {pareto.cost(r, metric):>12,.0f} {UNITS[metric]}, "
+              f"dev {r.value:.4f}" for r in front]
+    return "\n".join(lines)
+
+
+def describe_pick(rule: PickRule) -> str:
+    """Pareto mode's finalize.pick in words."""
+    if rule.limit is None:
+        return (f"the knee of the front, the trial farthest below the line between its two ends "
+                f"(dev loss against log {rule.metric}, each scaled to 0..1)")
+    return f"the lowest dev loss on the front with {rule.metric} <= {rule.limit:,.0f}"
+
+
 def format_final(r: FinalResult) -> str:
     """The finalize report: a person reads it at a glance."""
     lines = [f"final model of study {r.study} (trial {r.chosen_trial}, {r.n_params:,} "
              "parameters)",
+             *([f"  picked:    from the Pareto front by finalize.pick {r.pick}"] if r.pick else []),
              "  candidates (dev loss, mean +- std over seeds "
              + ", ".join(map(str, r.seeds)) + "):"]
     for c in r.candidates:
@@ -177,8 +210,9 @@ def cmd_run_study(args: argparse.Namespace) -> int:
 
     spec = _load(args)
     workers = args.workers or spec.workers.count
+    pruner = "off (Pareto mode)" if spec.objective.pareto else spec.pruner.type
     print(f"study {spec.name}: {spec.budget.n_trials} trials of {spec.budget.steps} steps, "
-          f"sampler {spec.sampler.type}, pruner {spec.pruner.type}, {workers} worker(s)",
+          f"sampler {spec.sampler.type}, pruner {pruner}, {workers} worker(s)",
           file=sys.stderr)
     study = run_search(spec, workers=workers, observer=Progress(), device=args.device)
     record = storage.read_record(study)
@@ -188,9 +222,9 @@ def cmd_run_study(args: argparse.Namespace) -> int:
     recs = trials.search_records(study)
     print(f"study {spec.name}: " + ", ".join(
         f"{n} {s.lower()}" for s, n in trials.counts_by_state(recs).items()))
-    complete = [r for r in recs if r.state.name == "COMPLETE"]
-    if complete:
-        best = min(complete, key=lambda r: r.value)
+    if spec.objective.pareto:
+        print(format_front(recs, spec.objective.pareto))
+    elif best := trials.status(recs).best:  # the best feasible complete trial
         print(f"best trial {best.number}: dev loss {best.value:.4f}")
         for k, v in best.hparams.items():
             print(f"  {k} = {v}")
@@ -454,7 +488,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         spec = _load(args, path)
         refs = (baseline.cached(spec.data, paths.study_dir(spec.name) / "baselines.json")
                 if args.baselines else ())
-        boards.append(leaderboard.board(spec.name, load_study(spec), spec.search_names(), refs))
+        boards.append(leaderboard.board(spec.name, load_study(spec), spec.search_names(), refs,
+                                        spec.objective.pareto))
     text = leaderboard.render(boards, args.format, args.top)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

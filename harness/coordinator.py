@@ -98,7 +98,7 @@ def _wrap_up(spec: StudySpec, study: optuna.Study, record: StudyRecord,
     """The leaderboard CSV and the figures, on disk and on the study's run; the run closed."""
     out = paths.study_dir(spec.name) / "leaderboard.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    leaderboard.build(study).to_csv(out, index=False)
+    leaderboard.build(study, pareto_metric=spec.objective.pareto).to_csv(out, index=False)
     drop_orphan_checkpoints(spec, study)
     try:
         tracker = open_tracker(spec)
@@ -116,7 +116,11 @@ def _plot(spec: StudySpec, study: optuna.Study, tracker: Tracker, parent: str,
         from harness import plots
 
         out = paths.study_dir(spec.name) / "plots"
-        for path in plots.study_figures(study, out):
+        figures = plots.study_figures(study, out)
+        if spec.objective.pareto:
+            figures.append(plots.pareto_front(trials.search_records(study),
+                                              spec.objective.pareto, out / "pareto.png"))
+        for path in figures:
             tracker.log_artifact(parent, path, "plots")
         for r in trials.records(study):
             run_id = r.mlflow_run_id

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from harness.final import Retraining
+    from harness.spec import PickRule
     from harness.trials import TrialRecord
 
 
@@ -26,7 +27,11 @@ class SearchObserver(Protocol):
 
 
 class FinalizeObserver(Protocol):
-    """Receives the final model's events: retrainings of candidates on seeds."""
+    """Receives the final model's events: in Pareto mode the trial picked from the front, then
+    retrainings of candidates on seeds."""
+
+    def picked(self, trial: TrialRecord, front: Sequence[TrialRecord],
+               rule: PickRule) -> None: ...
 
     def retrainings_planned(self, jobs: Sequence[Retraining], processes: int) -> None: ...
 

@@ -5,6 +5,7 @@
 1. claim: one process at a time finalizes a study, by a claim in the study's storage, and a
    study already finalized is refused unless forced;
 2. candidates: the `finalize.top_k` best complete trials (by best dev loss), distinct configs;
+   in Pareto mode the one trial of the front that `finalize.pick` picks;
 3. retrain: each candidate with the same `train` function on fresh seeds 1..`finalize.seeds`,
    for `finalize.steps` (or as many steps as fit in `finalize.minutes` at the speed its trial
    measured), here or in spawned processes;
@@ -35,7 +36,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from harness import baseline, paths, plots, provenance, storage, trials
+from harness import baseline, pareto, paths, plots, provenance, storage, trials
 from harness.baseline import Reference
 from harness.coordinator import threads_per_worker
 from harness.data import load_search_data, load_test_examples, load_test_words, training_words
@@ -106,6 +107,7 @@ class FinalResult:
     mlflow_run_id: str | None = None
     commit: str = "unknown"  # the harness's git commit ("+dirty" with local changes)
     registered: str | None = None  # models:/NAME/VERSION in MLflow's Model Registry
+    pick: str | None = None  # Pareto mode: the rule that picked the trial from the front
     # Count-based models scored on test at the same moment (chosen on dev): test beside test.
     references: tuple[Reference, ...] = ()
 
@@ -179,10 +181,7 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", worke
     """
     study = load_study(spec)
     started = time.time()
-    pool = candidates(study, spec.finalize.top_k)
-    if not pool:
-        raise NothingToFinalize(f"study {spec.name!r} has no complete trial within its "
-                                "constraints to finalize")
+    pool = candidates(study, spec, observer)
     _claim(study, force)
     for cand in pool:
         cand.steps = plan_steps(cand, spec)
@@ -215,16 +214,42 @@ def _claim(study: optuna.Study, force: bool) -> None:
             "while finalizing it: then use --force)")
 
 
-def candidates(study: optuna.Study, top_k: int) -> list[Candidate]:
-    """Phase 2: the best `top_k` feasible complete trials with distinct configs (the seed
-    aside)."""
-    complete = sorted((r for r in trials.records(study)
-                       if r.state == TrialState.COMPLETE and r.feasible),
-                      key=lambda r: r.value)
+def candidates(study: optuna.Study, spec: StudySpec,
+               observer: FinalizeObserver | None = None) -> list[Candidate]:
+    """Phase 2: the best `finalize.top_k` feasible complete trials with distinct configs (the
+    seed aside); in Pareto mode the trial of the front that `finalize.pick` picks. Raises
+    NothingToFinalize when there is none."""
+    recs = trials.records(study)
+    rule = spec.finalize.pick
+    if rule is not None:
+        on_front = pareto.front(recs, rule.metric)
+        chosen = pareto.pick(on_front, rule)
+        if chosen is None:
+            raise NothingToFinalize(f"no trial on the front of study {spec.name!r} satisfies "
+                                    f"finalize.pick {rule.as_written()} (front: "
+                                    f"{len(on_front)} trials)")
+        if observer:
+            observer.picked(chosen, on_front, rule)
+        return [Candidate(chosen.number, HParams(**_unseeded(chosen)), chosen.steps_per_sec)]
+    pool = _best_distinct([r for r in recs if r.state == TrialState.COMPLETE and r.feasible],
+                          spec.finalize.top_k)
+    if not pool:
+        raise NothingToFinalize(f"study {spec.name!r} has no complete trial within its "
+                                "constraints to finalize")
+    return pool
+
+
+def _unseeded(r: trials.TrialRecord) -> dict[str, Any]:
+    return {k: v for k, v in r.hparams.items() if k != "seed"}
+
+
+def _best_distinct(complete: list[trials.TrialRecord], top_k: int) -> list[Candidate]:
+    """The best `top_k` of `complete` by dev loss, one per config (the seed aside)."""
+    complete = sorted(complete, key=lambda r: r.value)
     out: list[Candidate] = []
     seen: set[tuple] = set()
     for r in complete:
-        config = {k: v for k, v in r.hparams.items() if k != "seed"}
+        config = _unseeded(r)
         key = tuple(sorted(config.items()))
         if key not in seen:
             seen.add(key)
@@ -361,7 +386,8 @@ def record(spec: StudySpec, study: optuna.Study, pool: list[Candidate], chosen: 
         novel_share=sum(n not in known for n in names) / len(names) if names else None,
         model_path=str(model_path), test_evaluations=evaluations,
         started_at=_iso(started), finished_at=_iso(time.time()), commit=provenance.commit(),
-        references=tuple(references))
+        references=tuple(references),
+        pick=spec.finalize.pick.as_written() if spec.finalize.pick else None)
     figure = plots.embeddings(model.embedding.weight, itos, out_dir / "plots" / "embeddings.png")
     result = dataclasses.replace(result, mlflow_run_id=_track(spec, study, result,
                                                               [model_path, figure]))

@@ -1,7 +1,8 @@
 """Trials -> a ranked pandas DataFrame -> CSV.
 
 Complete trials come first, ranked by best dev loss (those outside the objective's constraints
-after the feasible ones, unranked: `feasible` False); pruned, failed and running trials follow,
+after the feasible ones, unranked: `feasible` False; in Pareto mode the front before the rest,
+`pareto` True); pruned, failed and running trials follow,
 with their best or last dev loss and the failure reason. Reference models (count-based n-grams,
 harness.baseline) can stand among the complete trials as unranked REFERENCE rows.
 """
@@ -17,20 +18,20 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from harness import hparams
+from harness import hparams, pareto
 from harness.trials import TrialRecord, search_records
 
 _STATE_ORDER = {"COMPLETE": 0, "REFERENCE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3,
                 "WAITING": 4}
 
-FIRST_COLUMNS = ["rank", "trial", "state", "feasible", "model", "best_dev_loss", "best_step",
-                 "last_dev_loss"]
+FIRST_COLUMNS = ["rank", "trial", "state", "feasible", "pareto", "model", "best_dev_loss",
+                 "best_step", "last_dev_loss"]
 LAST_COLUMNS = ["n_params", "steps", "steps_per_sec", "duration_s", "worker", "mlflow_run_id",
                 "fail_reason", "resumed_from_step", "warm_from", "threads", "commit"]
 COLUMNS = FIRST_COLUMNS + list(hparams.NAMES) + LAST_COLUMNS
 
 
-def _row(r: TrialRecord) -> dict[str, Any]:
+def _row(r: TrialRecord, on_front: set[int] | None) -> dict[str, Any]:
     last_dev = r.intermediate[max(r.intermediate)] if r.intermediate else None
     best_step = r.best_step
     if best_step is None and r.intermediate:
@@ -39,6 +40,7 @@ def _row(r: TrialRecord) -> dict[str, Any]:
         "trial": r.number,
         "state": r.state.name,
         "feasible": r.feasible,
+        "pareto": None if on_front is None else r.number in on_front,
         "model": "mlp",
         "best_dev_loss": r.best,
         "best_step": best_step,
@@ -58,13 +60,18 @@ def _row(r: TrialRecord) -> dict[str, Any]:
     }
 
 
-def build(study: optuna.Study, references: Sequence[Any] = ()) -> pd.DataFrame:
+def build(study: optuna.Study, references: Sequence[Any] = (),
+          pareto_metric: str | None = None) -> pd.DataFrame:
     """One row per trial, complete trials first by best dev loss, then the others.
 
     `references` (harness.baseline.BaselineResult) are placed among the complete trials by
-    their dev loss, unranked, with state REFERENCE.
+    their dev loss, unranked, with state REFERENCE. With `pareto_metric` (Pareto mode) the
+    front of dev loss against it comes first, marked in the `pareto` column.
     """
-    rows = [_row(r) for r in search_records(study)]
+    recs = search_records(study)
+    on_front = ({r.number for r in pareto.front(recs, pareto_metric)}
+                if pareto_metric else None)
+    rows = [_row(r, on_front) for r in recs]
     rows += [{"state": "REFERENCE", "model": r.model, "best_dev_loss": r.dev_loss}
              for r in references]
     df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "rank"])
@@ -73,10 +80,11 @@ def build(study: optuna.Study, references: Sequence[Any] = ()) -> pd.DataFrame:
     order = df["state"].map(_STATE_ORDER).fillna(len(_STATE_ORDER))
     # Trials outside the objective's constraints rank after every feasible one of their state.
     infeasible = df["feasible"].eq(False)
+    off_front = df["pareto"].eq(False)  # all False without a front: no effect
     loss = df["best_dev_loss"].astype(float).fillna(math.inf)
-    df = (df.assign(_order=order, _infeasible=infeasible, _loss=loss)
-            .sort_values(["_order", "_infeasible", "_loss", "trial"], kind="stable")
-            .drop(columns=["_order", "_infeasible", "_loss"])
+    df = (df.assign(_order=order, _infeasible=infeasible, _off=off_front, _loss=loss)
+            .sort_values(["_order", "_infeasible", "_off", "_loss", "trial"], kind="stable")
+            .drop(columns=["_order", "_infeasible", "_off", "_loss"])
             .reset_index(drop=True))
     complete = (df["state"] == TrialState.COMPLETE.name) & ~df["feasible"].eq(False)
     df.insert(0, "rank", complete.cumsum().where(complete).astype("Int64"))
@@ -99,7 +107,7 @@ def edge_flags(study: optuna.Study, top: int = 5, margin: float = 0.05) -> dict[
     from optuna.distributions import CategoricalDistribution
 
     complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
-                      key=lambda t: t.value)
+                      key=lambda t: t.values[0])  # dev loss, in Pareto mode too
     groups: dict[tuple, list[float]] = {}
     for t in complete:
         for name, dist in t.distributions.items():
@@ -177,9 +185,9 @@ class Board:
 
 
 def board(name: str, study: optuna.Study, searched: Sequence[str],
-          references: Sequence[Any] = ()) -> Board:
+          references: Sequence[Any] = (), pareto_metric: str | None = None) -> Board:
     """A study's leaderboard, its searched parameters and its edge flags."""
-    return Board(name, build(study, references), tuple(searched),
+    return Board(name, build(study, references, pareto_metric), tuple(searched),
                  tuple(f"{name}: {v}" for v in edge_flags(study).values()))
 
 

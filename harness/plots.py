@@ -5,7 +5,9 @@
   (Optuna's own matplotlib visualizations);
 - the final model's character embeddings in 2-D (PCA beyond 2 dimensions), each point
   labelled by its character, as in the lecture;
-- the learning-rate finder's loss against the learning-rate exponent.
+- the learning-rate finder's loss against the learning-rate exponent;
+- Pareto mode: dev loss against parameters (or train seconds), log x, the front drawn, the
+  lectures' models as reference points.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -23,6 +25,9 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
+
+if TYPE_CHECKING:
+    from harness.trials import TrialRecord
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,9 @@ def study_figures(study: Any, out_dir: Path) -> list[Path]:
     made: list[Path] = []
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return made  # nothing to draw yet
+    # A Pareto study has two objectives; these figures show the first, dev loss.
+    target = ({"target": lambda t: t.values[0], "target_name": "dev loss"}
+              if len(study.directions) > 1 else {})
     for name, draw in (("optimization_history", ovm.plot_optimization_history),
                        ("param_importances", ovm.plot_param_importances),
                        ("parallel_coordinate", ovm.plot_parallel_coordinate)):
@@ -74,7 +82,7 @@ def study_figures(study: Any, out_dir: Path) -> list[Path]:
             with warnings.catch_warnings():  # Optuna's "experimental" and layout warnings
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 warnings.simplefilter("ignore", UserWarning)
-                ax = draw(study)
+                ax = draw(study, **target)
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.set_size_inches(9, 5)
             made.append(_save(fig, out_dir / f"{name}.png"))
@@ -119,4 +127,37 @@ def lr_finder(exponents: Sequence[float], losses: Sequence[float], suggested: tu
     ax.set_title("learning-rate finder")
     ax.grid(True, alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def pareto_front(recs: Sequence[TrialRecord], metric: str, path: Path) -> Path:
+    """Dev loss against `metric` (log x) for every complete trial (a cross: outside a
+    constraint), the front as a staircase, and with n_params the lectures' models as stars."""
+    from harness import pareto
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for feasible, style in ((True, {"color": "#9ecae1", "marker": "o", "label": "trial"}),
+                            (False, {"color": "#999999", "marker": "x",
+                                     "label": "trial outside a constraint"})):
+        xy = [(c, r.value) for r in recs if r.state.name == "COMPLETE" and r.value is not None
+              and r.feasible is feasible and (c := pareto.cost(r, metric)) is not None]
+        if xy:
+            ax.scatter(*zip(*xy, strict=True), s=18, zorder=2, **style)
+    front = [(pareto.cost(r, metric), r.value) for r in pareto.front(recs, metric)]
+    if front:
+        ax.step(*zip(*front, strict=True), where="post", color="#d62728", linewidth=1.5,
+                zorder=3)
+        ax.scatter(*zip(*front, strict=True), color="#d62728", s=30, zorder=4,
+                   label=f"Pareto front ({len(front)} trials)")
+    for name, x, y in pareto.LECTURE_MODELS if metric == "n_params" else ():
+        ax.scatter([x], [y], marker="*", s=160, color="#2ca02c", edgecolor="black", zorder=5)
+        ax.annotate(f"{name}\n{x:,.0f}: {y:.4f}", (x, y), textcoords="offset points",
+                    xytext=(8, 6), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters" if metric == "n_params" else "training seconds")
+    ax.set_ylabel("best dev loss (nats per character)")
+    ax.set_title(f"{'model size' if metric == 'n_params' else 'training time'} against dev "
+                 "loss: the Pareto front")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)

@@ -29,7 +29,8 @@ def render(spec: StudySpec, out: Path) -> str:
     parts = [f"# Study `{spec.name}`", ""]
     parts += _provenance(spec, record.parent_run_id if record else None)
     refs = baseline.cached(spec.data, paths.study_dir(spec.name) / "baselines.json")
-    board = leaderboard.board(spec.name, study, spec.search_names(), refs)
+    board = leaderboard.board(spec.name, study, spec.search_names(), refs,
+                              spec.objective.pareto)
     parts += [f"## Leaderboard (top {TOP}, dev loss; references: count-based models on dev)",
               "", leaderboard.render([board], "md", TOP).rstrip(), ""]
     figures = sorted((paths.study_dir(spec.name) / "plots").glob("*.png"))

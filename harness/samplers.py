@@ -66,7 +66,7 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     """The spec's pruner; its resource is optimizer steps."""
     opts = dict(spec.pruner.options)
     kind = spec.pruner.type
-    if kind == "none":
+    if kind == "none" or spec.objective.pareto:  # Optuna prunes on one objective only
         return optuna.pruners.NopPruner()
     if kind == "median":
         return optuna.pruners.MedianPruner(**opts)

@@ -32,7 +32,8 @@ A study file has these top-level keys (all but `search` optional)::
     finalize: {enabled: true, top_k: 3, seeds: 3, steps: null, minutes: null, samples: 20}
     registry: {enabled: true, name: null}   # the final model's registered name (null: name)
     objective:                        # absent: minimize dev loss, no constraints
-      minimize: dev_loss
+      minimize: dev_loss              # or pareto: [dev_loss, n_params] (or train_seconds),
+                                      # with finalize.pick: knee or {max_n_params: 80000}
       constraints: {n_params: {max: 80000}, steps_per_sec: {min: 500}}
     workers: {count: 1, per_gpu: 1, threads: null, max_retry: 2, heartbeat_s: 60}
 """
@@ -179,10 +180,35 @@ class Constraint:
         return measured - self.value if self.bound == "max" else self.value - measured
 
 
+# What a Pareto study trades dev loss against: both known for every complete trial.
+PARETO_METRICS = ("n_params", "train_seconds")
+
+
 @dataclass(frozen=True)
 class ObjectiveSpec:
     minimize: str = "dev_loss"  # the one objective (the best dev loss of a trial)
     constraints: tuple[Constraint, ...] = ()
+    # Pareto mode: dev loss and one of PARETO_METRICS, both minimized (a multi-objective
+    # study: its sampler looks for the front, and no pruner runs). None: dev loss alone.
+    pareto: str | None = None
+    pareto_asked: bool = field(default=False, compare=False, repr=False)  # given, maybe invalid
+
+    @property
+    def directions(self) -> list[str]:
+        """Optuna's study directions: dev loss first, then the Pareto metric if any."""
+        return ["minimize"] * (2 if self.pareto else 1)
+
+
+@dataclass(frozen=True)
+class PickRule:
+    """How finalize picks one trial from the front in Pareto mode."""
+
+    metric: str  # the objective's Pareto metric
+    limit: float | None = None  # the lowest dev loss with metric <= limit; None: the knee
+
+    def as_written(self) -> str:
+        """The rule as a study file writes it: `knee` or `{max_n_params: 80000}`."""
+        return "knee" if self.limit is None else f"{{max_{self.metric}: {self.limit:g}}}"
 
 
 @dataclass(frozen=True)
@@ -212,6 +238,10 @@ class FinalizeSpec:
     # a retraining takes about this long (capped by `steps` when given). None: steps decide.
     minutes: float | None = None
     samples: int = 20  # names sampled from the final model and logged
+    # Pareto mode only, and required there: `knee`, or {max_<metric>: limit} for the
+    # objective's Pareto metric, e.g. {max_n_params: 80000}. The one picked trial is the
+    # candidate (top_k does not apply).
+    pick: PickRule | None = None
 
 
 @dataclass(frozen=True)
@@ -376,6 +406,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 _FIELD_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 _NESTED = {"Patience": Patience}  # sections that sit inside another
+_OWN_PARSER = {"PickRule"}  # fields read by a function of their own (left at their default)
 
 
 def _parse_section(raw: Any, section: str, cls: type, errors: list[str]) -> Any:
@@ -387,6 +418,8 @@ def _parse_section(raw: Any, section: str, cls: type, errors: list[str]) -> Any:
     values = {}
     for f in dataclasses.fields(cls):
         kind, _, rest = f.type.partition(" | ")
+        if kind in _OWN_PARSER:
+            continue
         if kind in _NESTED:  # a section inside this one; absent or null: its default
             values[f.name] = (getattr(default, f.name) if d.get(f.name) is None else
                               _parse_section(d[f.name], f"{section}.{f.name}", _NESTED[kind],
@@ -603,8 +636,11 @@ def _duplicates(params: Sequence[Param], path: str) -> list[str]:
     return errors
 
 
-def _parse_finalize(raw: Any, errors: list[str]) -> FinalizeSpec:
-    f: FinalizeSpec = _parse_section(raw, "finalize", FinalizeSpec, errors)
+def _parse_finalize(raw: Any, objective: ObjectiveSpec, errors: list[str]) -> FinalizeSpec:
+    d = dict(_mapping(raw, "finalize", errors))
+    pick = _parse_pick(d.pop("pick", None), objective, errors)
+    f: FinalizeSpec = dataclasses.replace(
+        _parse_section(d, "finalize", FinalizeSpec, errors), pick=pick)
     _at_least(f, "finalize", 1, ("top_k", "seeds", "steps"), errors)
     _at_least(f, "finalize", 0, ("samples",), errors)
     if f.minutes is not None and f.minutes <= 0:
@@ -612,12 +648,49 @@ def _parse_finalize(raw: Any, errors: list[str]) -> FinalizeSpec:
     return f
 
 
+def _parse_pick(raw: Any, objective: ObjectiveSpec, errors: list[str]) -> PickRule | None:
+    """finalize.pick: `knee` or {max_<metric>: limit}; required in Pareto mode only."""
+    metric = objective.pareto
+    if metric is None:
+        if raw is not None and not objective.pareto_asked:  # else: objective.pareto's error
+            errors.append("finalize.pick: only a Pareto study (objective.pareto) picks from a "
+                          "front; a study with one objective finalizes its best trials")
+        return None
+    allowed = f"`knee` or {{max_{metric}: LIMIT}}"
+    if raw is None:
+        errors.append(f"finalize.pick: a Pareto study needs an explicit rule to pick its final "
+                      f"model from the front: {allowed}")
+        return None
+    if raw == "knee":
+        return PickRule(metric)
+    d = raw if isinstance(raw, dict) else {}
+    limit = d.get(f"max_{metric}")
+    if len(d) != 1 or isinstance(limit, bool) or not isinstance(limit, int | float) \
+            or limit <= 0:
+        errors.append(f"finalize.pick: must be {allowed} with LIMIT > 0, got {raw!r}")
+        return None
+    return PickRule(metric, float(limit))
+
+
 def _parse_objective(raw: Any, errors: list[str]) -> ObjectiveSpec:
     d = _mapping(raw, "objective", errors)
-    _reject_unknown(d, ["minimize", "constraints"], "objective", errors)
+    _reject_unknown(d, ["minimize", "pareto", "constraints"], "objective", errors)
     if d.get("minimize", "dev_loss") != "dev_loss":
         errors.append(f"objective.minimize: only dev_loss can be minimized, got "
                       f"{d['minimize']!r}")
+    pareto = None
+    if "pareto" in d:
+        pair = d["pareto"]
+        others = [m for m in pair if m != "dev_loss"] if isinstance(pair, list) else []
+        if "minimize" in d:
+            errors.append("objective: give either minimize (one objective) or pareto (two), "
+                          "not both")
+        if (not isinstance(pair, list) or len(pair) != 2 or "dev_loss" not in pair
+                or len(others) != 1 or others[0] not in PARETO_METRICS):
+            errors.append(f"objective.pareto: must be [dev_loss, X] with X one of "
+                          f"{', '.join(PARETO_METRICS)}, got {pair!r}")
+        else:
+            pareto = others[0]
     constraints = []
     table = _mapping(d.get("constraints"), "objective.constraints", errors)
     _reject_unknown(table, list(CONSTRAINT_METRICS), "objective.constraints", errors)
@@ -634,7 +707,8 @@ def _parse_objective(raw: Any, errors: list[str]) -> ObjectiveSpec:
                 errors.append(f"{path}.{bound}: must be a number > 0, got {value!r}")
                 continue
             constraints.append(Constraint(metric, bound, float(value)))
-    return ObjectiveSpec(constraints=tuple(constraints))
+    return ObjectiveSpec(constraints=tuple(constraints), pareto=pareto,
+                         pareto_asked="pareto" in d)
 
 
 def _parse_workers(raw: Any, errors: list[str]) -> WorkersSpec:
@@ -717,16 +791,17 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
     sampler_type, sampler_opts = _parse_choice(top.get("sampler"), "sampler", SAMPLER_OPTIONS,
                                                "tpe", errors)
     sampler_opts.setdefault("seed", 0)
+    objective = _parse_objective(top.get("objective"), errors)
+    # Pareto mode prunes nothing (a pruner named anyway is reported off when the study runs).
     pruner_type, pruner_opts = _parse_choice(top.get("pruner"), "pruner", PRUNER_OPTIONS,
-                                             "median", errors)
+                                             "none" if objective.pareto else "median", errors)
     fixed = _parse_fixed(top.get("fixed"), errors)
     search = _parse_space(top.get("search"), "search", errors)
     storage = _get(top, "storage", str, None, "", errors, optional=True)
     tracking = _parse_section(top.get("tracking"), "tracking", TrackingSpec, errors)
-    finalize = _parse_finalize(top.get("finalize"), errors)
+    finalize = _parse_finalize(top.get("finalize"), objective, errors)
     workers = _parse_workers(top.get("workers"), errors)
     registry = _parse_section(top.get("registry"), "registry", RegistrySpec, errors)
-    objective = _parse_objective(top.get("objective"), errors)
 
     errors += _duplicates(search, "search")
     enqueue = _parse_enqueue(top.get("enqueue"), search, errors)
@@ -738,6 +813,9 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
         _at_least(warm_start, "warm_start", 1, ("top",), errors)
     for name in {p.name for p in iter_params(search)} & set(fixed):
         errors.append(f"search.{name}: also set in fixed; a parameter is fixed or searched")
+    if objective.pareto and sampler_type == "cmaes":
+        errors.append("sampler: cmaes optimizes one objective; a Pareto study needs tpe (its "
+                      "multi-objective form), random, qmc or grid")
     if sampler_type == "grid":
         for p in iter_params(search):
             if isinstance(p, FloatParam) and p.step is None:

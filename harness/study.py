@@ -17,7 +17,7 @@ import socket
 import time
 import uuid
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from harness import hparams, paths, provenance, storage, trials
+from harness import hparams, pareto, paths, provenance, storage, trials
 from harness.checkpoints import CheckpointStore
 from harness.data import DataError, load_search_data, sealed_test_split, summarize
 from harness.events import SearchObserver
@@ -174,7 +174,12 @@ def prepare_study(spec: StudySpec) -> tuple[optuna.Study, StudyRecord]:
     opened = open_study_storage(spec) if spec.storage else None
     tracker = open_tracker(spec)
     study = optuna.create_study(storage=opened or open_study_storage(spec),
-                                study_name=spec.name, direction="minimize", load_if_exists=True)
+                                study_name=spec.name, directions=spec.objective.directions,
+                                load_if_exists=True)
+    if spec.objective.pareto and spec.pruner.type != "none":
+        log.warning("pruner %s is off: a Pareto study has two objectives and Optuna's pruners "
+                    "judge one (optuna issue 3450); every trial trains its full budget.steps",
+                    spec.pruner.type)
     now = time.time()
     if storage.claim(study, "created"):
         identity = uuid.uuid4().hex
@@ -216,12 +221,15 @@ def _warm_start(spec: StudySpec, study: optuna.Study) -> dict[str, Any]:
     for r in complete:
         dists, why = fit(spec.search, r.hparams)
         params = {k: r.hparams[k] for k in dists}
-        if why := why or _misfit(spec, r, params):
+        values = _objective_values(spec, r)
+        if why := why or _misfit(spec, r, params) or (
+                None if values else f"it has no {spec.objective.pareto} figure"):
             log.warning("warm start: trial %d of %s skipped: %s", r.number, source.study_name,
                         why)
             continue
         warm = optuna.trial.create_trial(
-            params=params, distributions=dists, value=r.value, intermediate_values=r.intermediate,
+            params=params, distributions=dists, values=values,
+            intermediate_values=r.intermediate,
             user_attrs=dataclasses.replace(
                 r, warm_from=r.warm_from or f"{source.study_name}#{r.number}").to_attrs())
         # When it ran (not when it was copied): "the last improvement" stays true.
@@ -230,6 +238,15 @@ def _warm_start(spec: StudySpec, study: optuna.Study) -> dict[str, Any]:
         added += 1
     return {"warm_from": source.study_name, "warm_trials": added,
             "warm_skipped": len(complete) - added}
+
+
+def _objective_values(spec: StudySpec, r: TrialRecord) -> list[float] | None:
+    """The objective values of the complete trial `r` in this study (None: a figure is
+    missing): its best dev loss, then in Pareto mode its n_params or train seconds."""
+    if spec.objective.pareto is None:
+        return [r.value]
+    extra = pareto.cost(r, spec.objective.pareto)
+    return None if extra is None else [r.value, extra]
 
 
 def _misfit(spec: StudySpec, r: TrialRecord, params: dict[str, Any]) -> str | None:
@@ -315,6 +332,21 @@ def fail_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
+class _Clock:
+    """Seconds spent per phase of one trial (what `TrialRecord.times` records)."""
+
+    def __init__(self, **start: float) -> None:
+        self.seconds: dict[str, float] = dict(start)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Any:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
+
+
 @dataclass
 class _Objective:
     """Optuna objective: one trial = one call of `train`, tracked in MLflow, checkpointed."""
@@ -326,14 +358,18 @@ class _Objective:
     device: str
     checkpoints: CheckpointStore
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial, ask_s: float = 0.0) -> list[float]:
+        """The trial's objective values: its best dev loss (and, in Pareto mode, its n_params
+        or train seconds). `ask_s`: seconds the sampler took in study.ask."""
         spec = self.spec
+        called, clock = time.perf_counter(), _Clock(sample=ask_s)
         if trials.is_surplus(trial.number, trials.records(trial.study), self.record.n_trials):
             trials.write(trial, TrialRecord(surplus=True))
             log.info("trial %d not run: other workers started the study's last trials",
                      trial.number)
             raise optuna.TrialPruned("surplus: beyond n_trials")
-        hp = spec.base_hparams(**suggest(trial, spec.search))
+        with clock("sample"):
+            hp = spec.base_hparams(**suggest(trial, spec.search))
         trials.write(trial, TrialRecord(config=hp.to_dict(), worker=trials.worker_id(self.device),
                                         threads=torch.get_num_threads(),
                                         commit=provenance.commit()))
@@ -345,22 +381,28 @@ class _Objective:
                 raise optuna.TrialPruned("infeasible before training")
         origin = trials.current(trial).origin
         resume = self._resume_state(trial, origin, hp)
-        run = self.tracker.start_trial(
-            self.record.parent_run_id, spec.name, trial.number, hp.to_dict(),
-            {**provenance.collect(), "harness.device": self.device,
-             "harness.threads": str(torch.get_num_threads()), **_resume_tags(origin, resume)})
+        with clock("tracking"):
+            run = self.tracker.start_trial(
+                self.record.parent_run_id, spec.name, trial.number, hp.to_dict(),
+                {**provenance.collect(), "harness.device": self.device,
+                 "harness.threads": str(torch.get_num_threads()), **_resume_tags(origin, resume)})
         trials.write(trial, TrialRecord(mlflow_run_id=run.run_id))
+        report = self._reporter(trial)
         if resume is not None:  # the run and the pruner see the curve the chain already had
             trials.write(trial, TrialRecord(resumed_from_step=resume.step))
             for (step, dev_loss), (_, train_loss) in zip(resume.dev_curve,
                                                          resume.train_curve, strict=True):
                 run.log_metrics({"dev_loss": dev_loss, "train_loss": train_loss}, step)
-                trial.report(dev_loss, step)
+                report(step, dev_loss)
+        clock.seconds["setup"] = (time.perf_counter() - called
+                                  - (sum(clock.seconds.values()) - ask_s))
+        before_train = dict(clock.seconds)
         if self.observer:
             self.observer.trial_started(trial.number, hp.to_dict())
         try:
             result = train(hp, data, steps=spec.budget.steps, eval_every=spec.budget.eval_every,
-                           on_eval=self._on_eval(trial, run), device=self.device,
+                           on_eval=self._on_eval(trial, run, report, clock),
+                           device=self.device,
                            checkpoint_every=spec.budget.checkpoint_interval,
                            on_checkpoint=self._on_checkpoint(trial, origin), resume=resume)
         except BaseException as exc:  # diverged, out of memory, lost, a bug, Ctrl-C: close
@@ -374,11 +416,18 @@ class _Objective:
         self._judge(trial, {"n_params": result.n_params, "steps_per_sec": result.steps_per_sec})
         figures = {"best_dev_loss": result.best_dev_loss, "n_params": result.n_params,
                    "steps_per_sec": result.steps_per_sec}
+        with clock("tracking"):
+            run.finish(KILLED if result.stopped_early else FINISHED, figures,
+                       tags={"harness.state": "PRUNED" if result.stopped_early else "COMPLETE"})
+        trials.write(trial, TrialRecord(times=_times(clock, before_train, result,
+                                                     trials.current(trial).checkpoint_s)))
         if result.stopped_early:
-            run.finish(KILLED, figures, tags={"harness.state": "PRUNED"})
             raise optuna.TrialPruned(f"pruned at step {result.steps}")
-        run.finish(FINISHED, figures, tags={"harness.state": "COMPLETE"})
-        return result.best_dev_loss
+        values = _objective_values(spec, TrialRecord(value=result.best_dev_loss,
+                                                     n_params=result.n_params,
+                                                     train_s=result.elapsed_s))
+        assert values is not None  # a trained trial has every figure
+        return values
 
     def _judge(self, trial: optuna.Trial, measured: dict[str, float],
                **figures: Any) -> TrialRecord:
@@ -395,24 +444,46 @@ class _Objective:
             for c, v in zip(constraints, violations, strict=True) if v > 0)
         record = TrialRecord(violations=violations, infeasible=reason or None, **figures)
         trials.write(trial, record)
+        known = trial.constraints  # set once each, by the first call that measures its figure
         for c, v in zip(constraints, violations, strict=True):  # what TPE reads: > 0 infeasible
-            trial.set_constraint(f"{c.metric}.{c.bound}", v)
+            key = f"{c.metric}.{c.bound}"
+            if c.metric in measured and key not in known:
+                trial.set_constraint(key, v)
         return record
 
-    def _on_eval(self, trial: optuna.Trial, run: ChildRun) -> OnEval:
-        """Log each evaluation, report it to the pruner, and ask whether to stop."""
+    def _reporter(self, trial: optuna.Trial) -> Callable[[int, float], None]:
+        """Records the trial's dev loss at a step: Optuna's intermediate value (what pruners
+        read), or in Pareto mode, where Optuna keeps none, the trial's `dev_curve`."""
+        if not self.spec.objective.pareto:
+            return lambda step, dev_loss: trial.report(dev_loss, step)
+        curve: list[tuple[int, float]] = []
+
+        def report(step: int, dev_loss: float) -> None:
+            curve.append((step, dev_loss))
+            trials.write(trial, TrialRecord(dev_curve=list(curve)))
+
+        return report
+
+    def _on_eval(self, trial: optuna.Trial, run: ChildRun,
+                 report: Callable[[int, float], None], clock: _Clock) -> OnEval:
+        """Log each evaluation, report it, and ask the pruner whether to stop."""
         watch = storage.heartbeats(trial.study)  # another worker may fail this trial as stale
         steps = self.spec.budget.steps
+        prunes = not self.spec.objective.pareto  # Optuna prunes on one objective only
 
         def on_eval(ev: Evaluation) -> bool:
-            if watch and storage.trial_state(trial) != TrialState.RUNNING:
-                raise TrialLost.at(trial.number, ev.step)
-            run.log_metrics({"dev_loss": ev.dev_loss, "train_loss": ev.train_loss, "lr": ev.lr},
-                            ev.step)
-            trial.report(ev.dev_loss, ev.step)
+            with clock("storage"):
+                if watch and storage.trial_state(trial) != TrialState.RUNNING:
+                    raise TrialLost.at(trial.number, ev.step)
+            with clock("tracking"):
+                run.log_metrics({"dev_loss": ev.dev_loss, "train_loss": ev.train_loss,
+                                 "lr": ev.lr}, ev.step)
+            with clock("storage"):  # the pruner's reading and deciding included
+                report(ev.step, ev.dev_loss)
+                stop = prunes and trial.should_prune()
             if self.observer:
                 self.observer.evaluated(trial.number, ev.step, steps, ev.dev_loss)
-            return trial.should_prune()
+            return stop
 
         return on_eval
 
@@ -447,6 +518,19 @@ class _Objective:
             log.info("trial %d resumes trial %d from its checkpoint at step %d", trial.number,
                      origin, state.step)
         return state
+
+
+def _times(clock: _Clock, before_train: dict[str, float], result: Any,
+           checkpoint_s: float | None) -> dict[str, float]:
+    """The trial's seconds per phase: what the clock measured; evaluation and checkpoints as
+    train() and the checkpoint callback measured them; training as the rest of train()'s time
+    (less what the clock measured in its callbacks)."""
+    seconds = dict(clock.seconds)
+    in_callbacks = sum(v - before_train.get(k, 0.0) for k, v in seconds.items())
+    seconds["eval"] = result.eval_s
+    seconds["checkpoints"] = checkpoint_s or 0.0
+    seconds["train"] = result.elapsed_s - result.eval_s - seconds["checkpoints"] - in_callbacks
+    return {k: round(v, 4) for k, v in seconds.items()}
 
 
 def _resume_tags(origin: int, resume: TrainState | None) -> dict[str, str]:
@@ -520,12 +604,14 @@ def _run_trial(spec: StudySpec, study: optuna.Study, objective: _Objective) -> i
     storage.fail_stale(study)  # as study.optimize does before each trial
     with warnings.catch_warnings():  # Optuna warns that only study.optimize beats: this does
         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-        trial = study.ask()
+        asked = time.perf_counter()
+        trial = study.ask()  # the sampler's joint (multivariate) sampling happens here
+        asked = time.perf_counter() - asked
     value, state = None, TrialState.FAIL
     origin = trials.current(trial).origin
     with storage.heartbeat(study, trial):
         try:
-            value, state = objective(trial), TrialState.COMPLETE
+            value, state = objective(trial, asked), TrialState.COMPLETE
         except optuna.TrialPruned:
             state = TrialState.PRUNED
         except TrialLost as exc:

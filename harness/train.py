@@ -113,7 +113,8 @@ class TrainResult:
     steps: int  # steps actually run
     stopped_early: bool  # True when on_eval asked to stop
     steps_per_sec: float  # optimizer steps per second, evaluations excluded
-    elapsed_s: float
+    elapsed_s: float  # the whole loop: steps, evaluations and the callbacks
+    eval_s: float  # of which evaluating on dev
     n_params: int
     model: MLP = field(repr=False)
 
@@ -137,6 +138,7 @@ class TrainResult:
             "stopped_early": self.stopped_early,
             "steps_per_sec": self.steps_per_sec,
             "elapsed_s": self.elapsed_s,
+            "eval_s": self.eval_s,
             "n_params": self.n_params,
         }
 
@@ -306,6 +308,7 @@ def train(
         stopped_early=stopped_early,
         steps_per_sec=step / max(elapsed - eval_time, 1e-9),  # over all pieces of a resumed run
         elapsed_s=elapsed,
+        eval_s=eval_time,
         n_params=n_params(model),
         model=model,
     )

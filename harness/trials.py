@@ -47,7 +47,7 @@ class TrialRecord:
 
     number: int = -1
     state: TrialState = TrialState.RUNNING
-    value: float | None = None
+    value: float | None = None  # best dev loss (the first objective in Pareto mode too)
     params: Mapping[str, Any] = field(default_factory=dict)
     intermediate: Mapping[int, float] = field(default_factory=dict)  # step -> dev loss
     started: datetime.datetime | None = None
@@ -77,6 +77,12 @@ class TrialRecord:
     violations: Sequence[float] | None = None
     infeasible: str | None = None
     commit: str | None = None  # the worker's harness git commit
+    # Pareto mode: the dev-loss curve, [[step, loss], ...] (Optuna keeps intermediate values
+    # for one objective only); read back as `intermediate`
+    dev_curve: Sequence[Sequence[float]] | None = None
+    # Seconds per phase of the trial: sample (the sampler), setup (data, config checks),
+    # tracking (MLflow), storage (Optuna records, the pruner), train, eval, checkpoints
+    times: Mapping[str, float] | None = None
 
     def to_attrs(self) -> dict[str, Any]:
         """The harness's attrs that are set, as Optuna user attrs."""
@@ -86,8 +92,10 @@ class TrialRecord:
     @classmethod
     def from_trial(cls, t: FrozenTrial) -> TrialRecord:
         attrs = {k: v for k, v in t.user_attrs.items() if k in _ATTR_NAMES}
-        return cls(number=t.number, state=t.state, value=t.value, params=dict(t.params),
-                   intermediate=dict(t.intermediate_values), started=t.datetime_start,
+        # Dev loss is the first objective in Pareto mode too (spec.ObjectiveSpec.directions).
+        curve = dict(t.intermediate_values) or {int(s): v for s, v in attrs.get("dev_curve", ())}
+        return cls(number=t.number, state=t.state, value=t.values[0] if t.values else None,
+                   params=dict(t.params), intermediate=curve, started=t.datetime_start,
                    completed=t.datetime_complete,
                    retry_history=tuple(t.system_attrs.get(_RETRY_HISTORY, ())),
                    retry_of=t.system_attrs.get(_FAILED_TRIAL), **attrs)

@@ -70,6 +70,19 @@ def test_tiny_study_end_to_end(write_study):
     assert list(df["best_dev_loss"]) == sorted(r.value for r in recs)
     assert set(df["mlflow_run_id"]) == {r.info.run_id for r in runs}
 
+    # Where each trial's time went (bench/time_breakdown.py adds them up): every phase, none
+    # counted twice, training and evaluation as train() measured them.
+    for r in recs:
+        assert set(r.times) == {"sample", "setup", "tracking", "storage", "train", "eval",
+                                "checkpoints"}
+        assert all(v >= 0 for v in r.times.values()) and r.times["train"] > 0
+        assert sum(r.times.values()) <= r.duration_s
+        assert r.times["train"] + r.times["eval"] <= r.train_s
+        # The pruner and storage calls run inside train()'s callbacks, and were taken out of
+        # its training time (the checkpoints too; MLflow's metric logging as well).
+        inside = r.steps / r.steps_per_sec - r.times["train"] - r.times["checkpoints"]
+        assert r.times["storage"] - 1e-3 <= inside <= r.times["storage"] + r.times["tracking"]
+
 
 def test_rerun_does_not_add_trials_and_resume_completes(write_study):
     path = write_study(tiny_study(budget={"n_trials": 2, "steps": 100, "eval_every": 50}))
@@ -368,12 +381,74 @@ def test_constraints_keep_oversized_configs_untrained_and_out_of_the_ranking(wri
 
     # A measured constraint: every trial trains, and those too slow are infeasible.
     slow = write_study({**study, "name": "slow", "enqueue": [{"hidden_width": 8}],
-                        "objective": {"constraints": {"steps_per_sec": {"min": 1.0e9}}},
+                        "objective": {"constraints": {"n_params": {"max": 10_000},
+                                                      "steps_per_sec": {"min": 1.0e9}}},
                         "budget": {"n_trials": 1, "steps": 100, "eval_every": 50}},
                        name="slow.yaml")
     assert main(["run-study", str(slow), "--no-finalize"]) == 0
     (rec,) = trials.records(load_study(load_spec(slow)))
     assert rec.state.name == "COMPLETE" and not rec.feasible
     assert rec.infeasible.startswith("steps_per_sec") and "below its min" in rec.infeasible
+    # Each constraint reaches the sampler once measured: size before training, speed after.
+    constraints = load_study(load_spec(slow)).trials[0].constraints
+    assert constraints["n_params.max"] < 0 < constraints["steps_per_sec.min"]
     assert main(["finalize", str(slow)]) == 1
     assert "no complete trial within its constraints" in capsys.readouterr().err
+
+
+def test_a_pareto_study_finds_the_front_and_finalizes_the_picked_trial(write_study, capsys,
+                                                                        caplog):
+    """objective.pareto: two objectives in Optuna (dev loss, n_params), a named pruner reported
+    off once, the curves still in MLflow; the leaderboard marks the front and lists it first,
+    the figure is on disk and on the study's run, and finalize retrains only the trial the rule
+    picks and reads the test split once."""
+    from harness.cli import main
+
+    study = tiny_study(
+        budget={"n_trials": 4, "steps": 100, "eval_every": 50},
+        pruner={"type": "hyperband"},
+        search={"hidden_width": [8, 32, 64, 128]},
+        enqueue=[{"hidden_width": 8}, {"hidden_width": 32}, {"hidden_width": 64},
+                 {"hidden_width": 128}],
+        objective={"pareto": ["dev_loss", "n_params"]},
+        finalize={"seeds": 1, "samples": 0, "pick": {"max_n_params": 2_500}},
+        registry={"enabled": False})
+    study["fixed"] = {**{k: v for k, v in study["fixed"].items() if k != "hidden_width"},
+                      "lr": 0.01}
+    path = write_study(study)
+    with caplog.at_level("WARNING"):
+        assert main(["run-study", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert caplog.text.count("pruner hyperband is off: a Pareto study has two objectives") == 1
+
+    optuna_study = load_study(load_spec(path))
+    assert len(optuna_study.directions) == 2
+    recs = trials.records(optuna_study)
+    assert all(r.state.name == "COMPLETE" for r in recs)
+    for t, r in zip(optuna_study.trials, recs, strict=True):
+        assert t.values == [r.best_dev_loss, r.n_params] and not t.intermediate_values
+        assert sorted(r.intermediate) == [50, 100]  # the curve kept by the harness instead
+        assert min(r.intermediate.values()) == r.best_dev_loss
+    client = MlflowClient(paths.tracking_uri())
+    assert len(client.get_metric_history(recs[0].mlflow_run_id, "dev_loss")) == 2
+
+    front = [r for r in recs if not any(
+        o.value <= r.value and o.n_params <= r.n_params and (o.value, o.n_params) !=
+        (r.value, r.n_params) for o in recs)]
+    assert len(front) >= 2  # a larger model is better here: something to trade
+    board = pd.read_csv(paths.study_dir("tiny") / "leaderboard.csv")
+    assert set(board.loc[board["pareto"], "trial"]) == {r.number for r in front}
+    assert list(board["pareto"][:len(front)]) == [True] * len(front)  # the front first
+    assert "Pareto front (dev loss against parameters)" in captured.out
+
+    figure = paths.study_dir("tiny") / "plots" / "pareto.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    parent = storage.read_record(optuna_study).parent_run_id
+    assert "plots/pareto.png" in {a.path for a in client.list_artifacts(parent, "plots")}
+
+    picked = min((r for r in front if r.n_params <= 2_500), key=lambda r: r.value)
+    final = json.loads((paths.study_dir("tiny") / "final.json").read_text())
+    assert final["chosen_trial"] == picked.number and final["pick"] == "{max_n_params: 2500}"
+    assert [c["trial"] for c in final["candidates"]] == [picked.number]
+    assert final["test_evaluations"] == 1
+    assert "finalize.pick {max_n_params: 2500}: the lowest dev loss on the front" in captured.err
