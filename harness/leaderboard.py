@@ -26,8 +26,9 @@ _STATE_ORDER = {"COMPLETE": 0, "REFERENCE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING"
 
 FIRST_COLUMNS = ["rank", "trial", "state", "feasible", "pareto", "model", "best_dev_loss",
                  "best_step", "last_dev_loss"]
-LAST_COLUMNS = ["n_params", "steps", "steps_per_sec", "duration_s", "worker", "mlflow_run_id",
-                "fail_reason", "resumed_from_step", "warm_from", "threads", "commit"]
+LAST_COLUMNS = ["n_params", "steps", "steps_per_sec", "ms_per_name", "duration_s", "worker",
+                "mlflow_run_id", "fail_reason", "resumed_from_step", "warm_from", "threads",
+                "commit"]
 COLUMNS = FIRST_COLUMNS + list(hparams.NAMES) + LAST_COLUMNS
 
 
@@ -49,6 +50,7 @@ def _row(r: TrialRecord, on_front: set[int] | None) -> dict[str, Any]:
         "n_params": r.n_params,
         "steps": r.steps,
         "steps_per_sec": r.steps_per_sec,
+        "ms_per_name": r.ms_per_name,
         "duration_s": r.duration_s,
         "worker": r.worker,
         "mlflow_run_id": r.mlflow_run_id,
@@ -199,6 +201,7 @@ def render(boards: Sequence[Board], fmt: str = "csv", n: int | None = None) -> s
     if fmt == "csv":
         return df.to_csv(index=False)
     searched = list(dict.fromkeys(p for b in boards for p in b.searched))
-    columns = ["rank", "study", "trial", "state", "model", "best_dev_loss", "best_step",
+    marks = [c for c in ("feasible", "pareto") if c in df and df[c].eq(False).any()]
+    columns = ["rank", "study", "trial", "state", *marks, "model", "best_dev_loss", "best_step",
                *[p for p in searched if p not in FIRST_COLUMNS], "n_params", "duration_s"]
     return to_markdown(df, columns) + "\n"

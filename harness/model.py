@@ -200,6 +200,18 @@ def sample_words(model: MLP, itos: Sequence[str], n: int, *, seed: int,
     return ["".join(itos[i] for i in row) for row in rows]
 
 
+def ms_per_name(model: MLP, itos: Sequence[str], n: int = 20) -> float:
+    """Milliseconds to sample one name on its own (one at a time, as a deployed model serves
+    them), the mean over `n` names, on the model's device and the current torch threads."""
+    import time
+
+    sample_words(model, itos, 1, seed=0)  # warm-up
+    t0 = time.perf_counter()
+    for seed in range(n):
+        sample_words(model, itos, 1, seed=seed)
+    return (time.perf_counter() - t0) / n * 1000
+
+
 @torch.no_grad()
 def complete(model: MLP, itos: Sequence[str], prefixes: Sequence[str], *, seed: int = 0,
              max_length: int = 32) -> list[tuple[str, dict[str, float]]]:

@@ -65,9 +65,10 @@ def _provenance(spec: StudySpec, parent_run_id: str | None) -> list[str]:
 
 def _final(spec: StudySpec, r: FinalResult) -> list[str]:
     lines = [f"## Final model: trial {r.chosen_trial}, {r.n_params:,} parameters", "",
-             f"Chosen on mean dev loss over seeds {', '.join(map(str, r.seeds))} "
-             f"({r.steps:,} steps each); the test split was evaluated {r.test_evaluations} "
-             "time(s).", "",
+             (f"Picked from the Pareto front by `finalize.pick: {r.pick}`, retrained on seeds "
+              if r.pick else "Chosen on mean dev loss over seeds ")
+             + f"{', '.join(map(str, r.seeds))} ({r.steps:,} steps each); the test split was "
+             f"evaluated {r.test_evaluations} time(s).", "",
              "| model | dev loss | test loss |", "| --- | ---: | ---: |",
              f"| MLP (this study) | {r.dev_mean:.4f} +- {r.dev_std:.4f} | "
              f"{r.test_mean:.4f} +- {r.test_std:.4f} |"]

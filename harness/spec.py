@@ -166,6 +166,7 @@ class TrackingSpec:
 CONSTRAINT_METRICS: Mapping[str, tuple[str, ...]] = {
     "n_params": ("max",),  # known before training: a config over it is never trained
     "steps_per_sec": ("min",),  # measured by the trial
+    "ms_per_name": ("max",),  # measured after training: one name sampled at a time
 }
 
 

@@ -31,7 +31,7 @@ from harness.checkpoints import CheckpointStore
 from harness.data import DataError, load_search_data, sealed_test_split, summarize
 from harness.events import SearchObserver
 from harness.hparams import HParams
-from harness.model import MLP, n_params
+from harness.model import MLP, ms_per_name, n_params
 from harness.redact import redact
 from harness.samplers import build_pruner, build_sampler, fit
 from harness.spec import CategoricalParam, FloatParam, IntParam, Param, StudySpec, iter_params
@@ -47,7 +47,15 @@ from harness.tracking import (
     check_reachable,
     is_server,
 )
-from harness.train import Evaluation, OnCheckpoint, OnEval, TrainingDiverged, TrainState, train
+from harness.train import (
+    Evaluation,
+    OnCheckpoint,
+    OnEval,
+    TrainingDiverged,
+    TrainResult,
+    TrainState,
+    train,
+)
 from harness.trials import TrialRecord
 
 log = logging.getLogger(__name__)
@@ -381,19 +389,7 @@ class _Objective:
                 raise optuna.TrialPruned("infeasible before training")
         origin = trials.current(trial).origin
         resume = self._resume_state(trial, origin, hp)
-        with clock("tracking"):
-            run = self.tracker.start_trial(
-                self.record.parent_run_id, spec.name, trial.number, hp.to_dict(),
-                {**provenance.collect(), "harness.device": self.device,
-                 "harness.threads": str(torch.get_num_threads()), **_resume_tags(origin, resume)})
-        trials.write(trial, TrialRecord(mlflow_run_id=run.run_id))
-        report = self._reporter(trial)
-        if resume is not None:  # the run and the pruner see the curve the chain already had
-            trials.write(trial, TrialRecord(resumed_from_step=resume.step))
-            for (step, dev_loss), (_, train_loss) in zip(resume.dev_curve,
-                                                         resume.train_curve, strict=True):
-                run.log_metrics({"dev_loss": dev_loss, "train_loss": train_loss}, step)
-                report(step, dev_loss)
+        run, report = self._open_run(trial, hp, origin, resume, clock)
         clock.seconds["setup"] = (time.perf_counter() - called
                                   - (sum(clock.seconds.values()) - ask_s))
         before_train = dict(clock.seconds)
@@ -409,11 +405,49 @@ class _Objective:
             _close_failed(trial, run, exc)
             raise
 
-        trials.write(trial, TrialRecord(
-            best_dev_loss=result.best_dev_loss, best_step=result.best_step, steps=result.steps,
-            last_dev_loss=result.dev_loss, train_s=result.elapsed_s, n_params=result.n_params,
-            steps_per_sec=result.steps_per_sec))
-        self._judge(trial, {"n_params": result.n_params, "steps_per_sec": result.steps_per_sec})
+        record = self._record(trial, run, result, clock, before_train)
+        if result.stopped_early:
+            raise optuna.TrialPruned(f"pruned at step {result.steps}")
+        values = _objective_values(spec, record)
+        assert values is not None  # a trained trial has every figure
+        return values
+
+    def _open_run(self, trial: optuna.Trial, hp: HParams, origin: int,
+                  resume: TrainState | None,
+                  clock: _Clock) -> tuple[ChildRun, Callable[[int, float], None]]:
+        """The trial's MLflow run, and how to report its dev losses; a resumed trial's run and
+        report get the curve its chain already had."""
+        with clock("tracking"):
+            run = self.tracker.start_trial(
+                self.record.parent_run_id, self.spec.name, trial.number, hp.to_dict(),
+                {**provenance.collect(), "harness.device": self.device,
+                 "harness.threads": str(torch.get_num_threads()), **_resume_tags(origin, resume)})
+        trials.write(trial, TrialRecord(mlflow_run_id=run.run_id))
+        report = self._reporter(trial)
+        if resume is not None:
+            trials.write(trial, TrialRecord(resumed_from_step=resume.step))
+            for (step, dev_loss), (_, train_loss) in zip(resume.dev_curve,
+                                                         resume.train_curve, strict=True):
+                run.log_metrics({"dev_loss": dev_loss, "train_loss": train_loss}, step)
+                report(step, dev_loss)
+        return run, report
+
+    def _record(self, trial: optuna.Trial, run: ChildRun, result: TrainResult, clock: _Clock,
+                before_train: dict[str, float]) -> TrialRecord:
+        """Store what training found, judge the constraints, close the run, store where the
+        time went. Returns the trial's figures."""
+        record = TrialRecord(
+            value=result.best_dev_loss, best_dev_loss=result.best_dev_loss,
+            best_step=result.best_step, steps=result.steps, last_dev_loss=result.dev_loss,
+            train_s=result.elapsed_s, n_params=result.n_params,
+            steps_per_sec=result.steps_per_sec)
+        measured = {"n_params": result.n_params, "steps_per_sec": result.steps_per_sec}
+        if any(c.metric == "ms_per_name" for c in self.spec.objective.constraints):
+            itos = load_search_data(self.spec.data, result.model.context_length).vocab.itos
+            measured["ms_per_name"] = ms_per_name(result.model, itos)
+            record = dataclasses.replace(record, ms_per_name=measured["ms_per_name"])
+        trials.write(trial, record)
+        self._judge(trial, measured)
         figures = {"best_dev_loss": result.best_dev_loss, "n_params": result.n_params,
                    "steps_per_sec": result.steps_per_sec}
         with clock("tracking"):
@@ -421,13 +455,7 @@ class _Objective:
                        tags={"harness.state": "PRUNED" if result.stopped_early else "COMPLETE"})
         trials.write(trial, TrialRecord(times=_times(clock, before_train, result,
                                                      trials.current(trial).checkpoint_s)))
-        if result.stopped_early:
-            raise optuna.TrialPruned(f"pruned at step {result.steps}")
-        values = _objective_values(spec, TrialRecord(value=result.best_dev_loss,
-                                                     n_params=result.n_params,
-                                                     train_s=result.elapsed_s))
-        assert values is not None  # a trained trial has every figure
-        return values
+        return record
 
     def _judge(self, trial: optuna.Trial, measured: dict[str, float],
                **figures: Any) -> TrialRecord:
@@ -438,9 +466,12 @@ class _Objective:
             return TrialRecord()
         violations = [c.violation(measured[c.metric]) if c.metric in measured else 0.0
                       for c in constraints]
+        def figure(x: float) -> str:
+            return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
         reason = "; ".join(
-            f"{c.metric} {measured[c.metric]:,.0f} is {'above' if c.bound == 'max' else 'below'}"
-            f" its {c.bound} {c.value:,.0f}"
+            f"{c.metric} {figure(measured[c.metric])} is "
+            f"{'above' if c.bound == 'max' else 'below'} its {c.bound} {figure(c.value)}"
             for c, v in zip(constraints, violations, strict=True) if v > 0)
         record = TrialRecord(violations=violations, infeasible=reason or None, **figures)
         trials.write(trial, record)
@@ -520,7 +551,7 @@ class _Objective:
         return state
 
 
-def _times(clock: _Clock, before_train: dict[str, float], result: Any,
+def _times(clock: _Clock, before_train: dict[str, float], result: TrainResult,
            checkpoint_s: float | None) -> dict[str, float]:
     """The trial's seconds per phase: what the clock measured; evaluation and checkpoints as
     train() and the checkpoint callback measured them; training as the rest of train()'s time

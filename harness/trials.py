@@ -64,6 +64,7 @@ class TrialRecord:
     steps: int | None = None  # optimizer steps run
     n_params: int | None = None
     steps_per_sec: float | None = None
+    ms_per_name: float | None = None  # measured only when a constraint bounds it
     train_s: float | None = None
     fail_reason: str | None = None
     surplus: bool = False  # started beyond n_trials: never trained, not counted

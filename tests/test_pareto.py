@@ -114,3 +114,7 @@ def test_the_leaderboard_lists_the_front_first_and_marks_it():
     assert list(board["pareto"]) == [True, True, True, False]
     assert list(board["rank"]) == [1, 2, 3, 4]
     assert build(study)["pareto"].isna().all()  # no Pareto metric: no front to mark
+    from harness.leaderboard import Board, render
+
+    header = render([Board("s", board, ["x"], ())], "md").splitlines()[0]
+    assert header.startswith("| rank | trial | state | pareto |")

@@ -382,7 +382,8 @@ def test_constraints_keep_oversized_configs_untrained_and_out_of_the_ranking(wri
     # A measured constraint: every trial trains, and those too slow are infeasible.
     slow = write_study({**study, "name": "slow", "enqueue": [{"hidden_width": 8}],
                         "objective": {"constraints": {"n_params": {"max": 10_000},
-                                                      "steps_per_sec": {"min": 1.0e9}}},
+                                                      "steps_per_sec": {"min": 1.0e9},
+                                                      "ms_per_name": {"max": 1.0e-6}}},
                         "budget": {"n_trials": 1, "steps": 100, "eval_every": 50}},
                        name="slow.yaml")
     assert main(["run-study", str(slow), "--no-finalize"]) == 0
@@ -392,6 +393,10 @@ def test_constraints_keep_oversized_configs_untrained_and_out_of_the_ranking(wri
     # Each constraint reaches the sampler once measured: size before training, speed after.
     constraints = load_study(load_spec(slow)).trials[0].constraints
     assert constraints["n_params.max"] < 0 < constraints["steps_per_sec.min"]
+    # Milliseconds per sampled name, measured after training (one name at a time).
+    assert "; ms_per_name " in rec.infeasible and rec.infeasible.endswith("above its max 1e-06")
+    assert constraints["ms_per_name.max"] == pytest.approx(rec.ms_per_name - 1.0e-6)
+    assert rec.ms_per_name > 0
     assert main(["finalize", str(slow)]) == 1
     assert "no complete trial within its constraints" in capsys.readouterr().err
 
