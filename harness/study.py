@@ -366,9 +366,11 @@ class _Objective:
     device: str
     checkpoints: CheckpointStore
 
-    def __call__(self, trial: optuna.Trial, ask_s: float = 0.0) -> list[float]:
+    def __call__(self, trial: optuna.Trial, origin: int | None = None,
+                 ask_s: float = 0.0) -> list[float]:
         """The trial's objective values: its best dev loss (and, in Pareto mode, its n_params
-        or train seconds). `ask_s`: seconds the sampler took in study.ask."""
+        or train seconds). `origin`: the first trial of its chain of retries (None: read it);
+        `ask_s`: seconds the sampler took in study.ask."""
         spec = self.spec
         called, clock = time.perf_counter(), _Clock(sample=ask_s)
         if trials.is_surplus(trial.number, trials.records(trial.study), self.record.n_trials):
@@ -387,7 +389,8 @@ class _Objective:
             size = n_params(MLP.from_hparams(hp, len(data.vocab)))
             if not self._judge(trial, {"n_params": size}, n_params=size).feasible:
                 raise optuna.TrialPruned("infeasible before training")
-        origin = trials.current(trial).origin
+        if origin is None:
+            origin = trials.current(trial).origin
         resume = self._resume_state(trial, origin, hp)
         run, report = self._open_run(trial, hp, origin, resume, clock)
         clock.seconds["setup"] = (time.perf_counter() - called
@@ -400,7 +403,8 @@ class _Objective:
                            on_eval=self._on_eval(trial, run, report, clock),
                            device=self.device,
                            checkpoint_every=spec.budget.checkpoint_interval,
-                           on_checkpoint=self._on_checkpoint(trial, origin), resume=resume)
+                           on_checkpoint=self._on_checkpoint(trial, origin, clock),
+                           resume=resume)
         except BaseException as exc:  # diverged, out of memory, lost, a bug, Ctrl-C: close
             _close_failed(trial, run, exc)
             raise
@@ -453,8 +457,7 @@ class _Objective:
         with clock("tracking"):
             run.finish(KILLED if result.stopped_early else FINISHED, figures,
                        tags={"harness.state": "PRUNED" if result.stopped_early else "COMPLETE"})
-        trials.write(trial, TrialRecord(times=_times(clock, before_train, result,
-                                                     trials.current(trial).checkpoint_s)))
+        trials.write(trial, TrialRecord(times=_times(clock, before_train, result)))
         return record
 
     def _judge(self, trial: optuna.Trial, measured: dict[str, float],
@@ -518,17 +521,15 @@ class _Objective:
 
         return on_eval
 
-    def _on_checkpoint(self, trial: optuna.Trial, origin: int) -> OnCheckpoint:
+    def _on_checkpoint(self, trial: optuna.Trial, origin: int, clock: _Clock) -> OnCheckpoint:
         """Save the chain's checkpoint and record its step and the time saving took."""
-        spent = 0.0
 
         def on_checkpoint(state: TrainState) -> None:
-            nonlocal spent
-            t0 = time.perf_counter()
-            self.checkpoints.save(origin, state)
-            spent += time.perf_counter() - t0
+            with clock("checkpoints"):
+                self.checkpoints.save(origin, state)
             try:
-                trials.write(trial, TrialRecord(checkpoint_step=state.step, checkpoint_s=spent))
+                trials.write(trial, TrialRecord(checkpoint_step=state.step,
+                                                checkpoint_s=clock.seconds["checkpoints"]))
             except optuna.exceptions.UpdateFinishedTrialError:  # failed by another, just now
                 raise TrialLost.at(trial.number, state.step) from None
 
@@ -551,16 +552,15 @@ class _Objective:
         return state
 
 
-def _times(clock: _Clock, before_train: dict[str, float], result: TrainResult,
-           checkpoint_s: float | None) -> dict[str, float]:
-    """The trial's seconds per phase: what the clock measured; evaluation and checkpoints as
-    train() and the checkpoint callback measured them; training as the rest of train()'s time
-    (less what the clock measured in its callbacks)."""
-    seconds = dict(clock.seconds)
+def _times(clock: _Clock, before_train: dict[str, float],
+           result: TrainResult) -> dict[str, float]:
+    """The trial's seconds per phase: what the clock measured (its callbacks' checkpoints,
+    tracking and storage included), evaluation as train() measured it, and training as the
+    rest of train()'s time."""
+    seconds = {"checkpoints": 0.0, **clock.seconds}
     in_callbacks = sum(v - before_train.get(k, 0.0) for k, v in seconds.items())
     seconds["eval"] = result.eval_s
-    seconds["checkpoints"] = checkpoint_s or 0.0
-    seconds["train"] = result.elapsed_s - result.eval_s - seconds["checkpoints"] - in_callbacks
+    seconds["train"] = result.elapsed_s - result.eval_s - in_callbacks
     return {k: round(v, 4) for k, v in seconds.items()}
 
 
@@ -642,7 +642,7 @@ def _run_trial(spec: StudySpec, study: optuna.Study, objective: _Objective) -> i
     origin = trials.current(trial).origin
     with storage.heartbeat(study, trial):
         try:
-            value, state = objective(trial, asked), TrialState.COMPLETE
+            value, state = objective(trial, origin, asked), TrialState.COMPLETE
         except optuna.TrialPruned:
             state = TrialState.PRUNED
         except TrialLost as exc:
