@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from harness import __version__
@@ -663,6 +666,30 @@ def _result_commands(add: Add) -> None:
         "Kneser-Ney n-grams of orders 2 to 7 (discount tuned on dev).")
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """`kill PID` (SIGTERM: what a scheduler or `timeout` sends) stops a command as Ctrl-C
+    does: local workers stopped, their trials re-queued, exit 130. Without it the command
+    would die at once and leave its worker processes running. Later SIGTERMs are ignored
+    while it stops."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `harness` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -682,7 +709,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from harness.tracking import TrackingError
 
     try:
-        return args.func(args)
+        with _sigterm_as_interrupt():
+            return args.func(args)
     except (SpecError, DataError, BudgetConflict) as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

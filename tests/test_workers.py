@@ -204,6 +204,34 @@ def test_sigint_stops_cleanly_and_a_rerun_resumes(write_study, tmp_path: Path, w
     assert retry[0].resumed_from_step >= 50  # continued from the interrupted one's checkpoint
 
 
+def test_sigterm_to_run_study_stops_its_workers_too(write_study, tmp_path: Path):
+    """`kill PID` (SIGTERM to run-study alone, as a scheduler or `timeout` sends it) stops the
+    command as Ctrl-C does: exit 130, no worker process left running, no trial left RUNNING."""
+    spec = load_spec(write_study(tiny_study(budget={"n_trials": 4, "steps": 3000,
+                                                    "eval_every": 50})))
+    proc = start_run_study(tmp_path / "study.yaml", tmp_path, "--workers", "2")
+    running = wait_for_running_trial(spec, proc, min_step=100)
+    worker = trials.TrialRecord.from_trial(running).pid
+    os.kill(proc.pid, signal.SIGTERM)  # the parent only
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(worker), f"worker {worker} still running after run-study ended"
+    assert "RUNNING" not in {t.state.name for t in load_study(spec).trials}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
 def test_heartbeat_stale_trial_is_failed_requeued_and_its_run_closed(write_study, tmp_path):
     # An RDB storage (SQLite here, PostgreSQL for a team) gets Optuna's heartbeats.
     from harness.study import prepare_study
