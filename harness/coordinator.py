@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -161,7 +162,8 @@ class _Pool:
     def _start(self, rank: int) -> Any:
         gpu = _gpu_for(rank, self.spec.workers.per_gpu, self.device)
         p = self.ctx.Process(target=worker_main, name=f"harness-worker-{rank}", daemon=False,
-                             args=(self.spec, self.device, self.threads, gpu, self.ready))
+                             args=(self.spec, self.device, self.threads, gpu, self.ready,
+                                   os.getpid()))
         p.start()
         log.info("worker %d started (pid %d, %d threads, gpu %s)", rank, p.pid, self.threads,
                  gpu)
@@ -266,11 +268,12 @@ class _Watcher:
 
 
 def worker_main(spec: StudySpec, device: str, threads: int, gpu: int | None,
-                ready: Any) -> None:
+                ready: Any, parent: int | None = None) -> None:
     """Entry point of a spawned worker process: get ready, wait for the study, work."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before CUDA is first used
     _interrupt_once()
+    _stop_with(parent)
     logs.configure(verbose=False)
     import torch
 
@@ -286,6 +289,21 @@ def worker_main(spec: StudySpec, device: str, threads: int, gpu: int | None,
     except TrackingError as exc:  # its trial is re-queued; the coordinator stops the study
         log.error("%s", exc)
         raise SystemExit(EXIT_TRACKING) from None
+
+
+def _stop_with(parent: int | None) -> None:
+    """Have this process interrupted (SIGTERM: its trial re-queued) when `parent` dies, even
+    by SIGKILL, rather than go on working with no one supervising it. Linux only (prctl)."""
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _interrupt_once() -> None:
