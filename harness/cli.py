@@ -302,12 +302,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  best:    trial {best.number}, dev {best.value:.4f} (the last improvement: "
               f"{best.completed:%Y-%m-%d %H:%M:%S}{ago})")
     if spec.objective.pareto:
-        from harness import pareto
-
-        front = pareto.front(trials.records(study), spec.objective.pareto)
-        print(f"  front:   {len(front)} trials, " + ", ".join(
-            f"{pareto.cost(r, spec.objective.pareto):,.0f}: {r.value:.4f}" for r in front)
-            + f" ({UNITS[spec.objective.pareto]}: dev loss)")
+        print("\n".join("  " + line for line in
+                        format_front(trials.records(study), spec.objective.pareto).splitlines()))
     if stopped := storage.read_stopped(study):
         print(f"  stopped: {stopped}")
     for r in status.running:
