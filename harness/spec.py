@@ -192,7 +192,6 @@ class ObjectiveSpec:
     # Pareto mode: dev loss and one of PARETO_METRICS, both minimized (a multi-objective
     # study: its sampler looks for the front, and no pruner runs). None: dev loss alone.
     pareto: str | None = None
-    pareto_asked: bool = field(default=False, compare=False, repr=False)  # given, maybe invalid
 
     @property
     def directions(self) -> list[str]:
@@ -637,9 +636,10 @@ def _duplicates(params: Sequence[Param], path: str) -> list[str]:
     return errors
 
 
-def _parse_finalize(raw: Any, objective: ObjectiveSpec, errors: list[str]) -> FinalizeSpec:
+def _parse_finalize(raw: Any, objective: ObjectiveSpec, pareto_given: bool,
+                    errors: list[str]) -> FinalizeSpec:
     d = dict(_mapping(raw, "finalize", errors))
-    pick = _parse_pick(d.pop("pick", None), objective, errors)
+    pick = _parse_pick(d.pop("pick", None), objective, pareto_given, errors)
     f: FinalizeSpec = dataclasses.replace(
         _parse_section(d, "finalize", FinalizeSpec, errors), pick=pick)
     _at_least(f, "finalize", 1, ("top_k", "seeds", "steps"), errors)
@@ -649,11 +649,13 @@ def _parse_finalize(raw: Any, objective: ObjectiveSpec, errors: list[str]) -> Fi
     return f
 
 
-def _parse_pick(raw: Any, objective: ObjectiveSpec, errors: list[str]) -> PickRule | None:
-    """finalize.pick: `knee` or {max_<metric>: limit}; required in Pareto mode only."""
+def _parse_pick(raw: Any, objective: ObjectiveSpec, pareto_given: bool,
+                errors: list[str]) -> PickRule | None:
+    """finalize.pick: `knee` or {max_<metric>: limit}; required in Pareto mode only.
+    `pareto_given`: the file has objective.pareto (None here: it was invalid, and said so)."""
     metric = objective.pareto
     if metric is None:
-        if raw is not None and not objective.pareto_asked:  # else: objective.pareto's error
+        if raw is not None and not pareto_given:
             errors.append("finalize.pick: only a Pareto study (objective.pareto) picks from a "
                           "front; a study with one objective finalizes its best trials")
         return None
@@ -708,8 +710,7 @@ def _parse_objective(raw: Any, errors: list[str]) -> ObjectiveSpec:
                 errors.append(f"{path}.{bound}: must be a number > 0, got {value!r}")
                 continue
             constraints.append(Constraint(metric, bound, float(value)))
-    return ObjectiveSpec(constraints=tuple(constraints), pareto=pareto,
-                         pareto_asked="pareto" in d)
+    return ObjectiveSpec(constraints=tuple(constraints), pareto=pareto)
 
 
 def _parse_workers(raw: Any, errors: list[str]) -> WorkersSpec:
@@ -800,7 +801,8 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
     search = _parse_space(top.get("search"), "search", errors)
     storage = _get(top, "storage", str, None, "", errors, optional=True)
     tracking = _parse_section(top.get("tracking"), "tracking", TrackingSpec, errors)
-    finalize = _parse_finalize(top.get("finalize"), objective, errors)
+    pareto_given = isinstance(top.get("objective"), dict) and "pareto" in top["objective"]
+    finalize = _parse_finalize(top.get("finalize"), objective, pareto_given, errors)
     workers = _parse_workers(top.get("workers"), errors)
     registry = _parse_section(top.get("registry"), "registry", RegistrySpec, errors)
 
