@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -306,11 +307,9 @@ def _stop_with(parent: int | None) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _interrupt_once() -> None:
-    """The first SIGTERM, or SIGINT, raises KeyboardInterrupt; later ones are ignored, so that
-    a worker can record its interrupted trial (a terminal's Ctrl-C reaches every process of the
-    group). A SIGINT ignored by whoever started the harness (`nohup ... &`) stays ignored."""
-
+def interrupt_once() -> Callable[[int, Any], None]:
+    """A signal handler that raises KeyboardInterrupt at the first signal and ignores later
+    ones, so that the interrupted process can record its trial undisturbed."""
     fired = False
 
     def handler(signum: int, frame: Any) -> None:
@@ -321,6 +320,14 @@ def _interrupt_once() -> None:
             fired = True
             raise KeyboardInterrupt
 
+    return handler
+
+
+def _interrupt_once() -> None:
+    """The first SIGTERM, or SIGINT, raises KeyboardInterrupt; later ones are ignored, so that
+    a worker can record its interrupted trial (a terminal's Ctrl-C reaches every process of the
+    group). A SIGINT ignored by whoever started the harness (`nohup ... &`) stays ignored."""
+    handler = interrupt_once()
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
