@@ -102,7 +102,7 @@ class Progress:
         self.picked_by = rule
         self.line(f"Pareto front: {len(front)} trials; finalize.pick {rule.as_written()}: "
                   f"{describe_pick(rule)}\n  -> trial {trial.number}: dev {trial.value:.4f}, "
-                  f"{pareto.cost(trial, rule.metric):,.0f} {UNITS[rule.metric]}")
+                  f"{pareto.cost(trial, rule.metric):,.0f} {pareto.UNITS[rule.metric]}")
 
     def retrainings_planned(self, jobs: Sequence[Retraining], processes: int) -> None:
         trials = dict.fromkeys(f"trial {j.trial}: {j.steps} steps" for j in jobs)
@@ -120,16 +120,13 @@ class Progress:
         self.line(f"[{done}/{total}] trial {job.trial}, seed {job.seed}: best dev {dev_loss:.4f}")
 
 
-UNITS = {"n_params": "parameters", "train_seconds": "training seconds"}  # Pareto metrics
-
-
 def format_front(recs: Sequence[TrialRecord], metric: str) -> str:
     """Pareto mode's result: the front, cheapest first."""
     from harness import pareto
 
-    front = pareto.front(recs, metric)
-    lines = [f"Pareto front (dev loss against {UNITS[metric]}): {len(front)} trials"]
-    lines += [f"  trial {r.number:>4}: {pareto.cost(r, metric):>12,.0f} {UNITS[metric]}, "
+    front, units = pareto.front(recs, metric), pareto.UNITS[metric]
+    lines = [f"Pareto front (dev loss against {units}): {len(front)} trials"]
+    lines += [f"  trial {r.number:>4}: {pareto.cost(r, metric):>12,.0f} {units}, "
               f"dev {r.value:.4f}" for r in front]
     return "\n".join(lines)
 

@@ -303,8 +303,8 @@ def _stop_with(parent: int | None) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() != parent:  # it died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+    if os.getppid() != parent:  # it died before prctl took effect: no trial taken yet
+        raise SystemExit(130)
 
 
 def interrupt_once() -> Callable[[int, Any], None]:

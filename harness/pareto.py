@@ -21,6 +21,10 @@ LECTURE_MODELS: tuple[tuple[str, float, float], ...] = (
 )
 
 
+# Each Pareto metric in words, as the CLI and the figure name it.
+UNITS = {"n_params": "parameters", "train_seconds": "training seconds"}
+
+
 def cost(r: TrialRecord, metric: str) -> float | None:
     """The trial's figure for the Pareto metric `metric`, or None when it has none."""
     value = r.n_params if metric == "n_params" else r.train_s

@@ -154,7 +154,7 @@ def pareto_front(recs: Sequence[TrialRecord], metric: str, path: Path) -> Path:
         ax.annotate(f"{name}\n{x:,.0f}: {y:.4f}", (x, y), textcoords="offset points",
                     xytext=(8, 6), fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("parameters" if metric == "n_params" else "training seconds")
+    ax.set_xlabel(pareto.UNITS[metric])
     ax.set_ylabel("best dev loss (nats per character)")
     ax.set_title(f"{'model size' if metric == 'n_params' else 'training time'} against dev "
                  "loss: the Pareto front")

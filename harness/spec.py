@@ -193,6 +193,10 @@ class ObjectiveSpec:
     # study: its sampler looks for the front, and no pruner runs). None: dev loss alone.
     pareto: str | None = None
 
+    def bounds(self, metric: str) -> bool:
+        """Whether a constraint bounds `metric`."""
+        return any(c.metric == metric for c in self.constraints)
+
     @property
     def directions(self) -> list[str]:
         """Optuna's study directions: dev loss first, then the Pareto metric if any."""

@@ -384,7 +384,7 @@ class _Objective:
                                         threads=torch.get_num_threads(),
                                         commit=provenance.commit()))
         data = load_search_data(spec.data, hp.context_length)
-        if any(c.metric == "n_params" for c in spec.objective.constraints):
+        if spec.objective.bounds("n_params"):
             # Known before training: a model over the bound is never trained.
             size = n_params(MLP.from_hparams(hp, len(data.vocab)))
             if not self._judge(trial, {"n_params": size}, n_params=size).feasible:
@@ -446,7 +446,7 @@ class _Objective:
             train_s=result.elapsed_s, n_params=result.n_params,
             steps_per_sec=result.steps_per_sec)
         measured = {"n_params": result.n_params, "steps_per_sec": result.steps_per_sec}
-        if any(c.metric == "ms_per_name" for c in self.spec.objective.constraints):
+        if self.spec.objective.bounds("ms_per_name"):
             itos = load_search_data(self.spec.data, result.model.context_length).vocab.itos
             measured["ms_per_name"] = ms_per_name(result.model, itos)
             record = dataclasses.replace(record, ms_per_name=measured["ms_per_name"])
