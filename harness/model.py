@@ -23,11 +23,18 @@ OUTPUT_SCALE = 0.01
 def dropout_mask(h: torch.Tensor, p: float) -> torch.Tensor:
     """Inverted-dropout mask for `h`: 0 with probability p, else 1 / (1 - p).
 
-    Drawn as uniform < 1 - p, which is cheaper on a CPU than `bernoulli_` (what F.dropout
-    uses); the training step draws masks on its hot path.
+    The training step draws masks on its hot path, and drawing the random numbers is most of
+    their cost: each 64-bit draw is split into four 16-bit integers, one per element (on a CPU
+    twice as fast as `rand_like`, itself faster than F.dropout's `bernoulli_`). p is thereby
+    rounded to a multiple of 1/65536; the scale uses the rounded p, so the expectation is kept.
     """
-    keep = 1.0 - p
-    return torch.rand_like(h).lt_(keep).div_(keep)
+    n = h.numel()
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64,
+                          device=h.device)
+    uniform16 = words.view(torch.int16)[:n].view(h.shape)  # uniform over -32768 .. 32767
+    dropped = round(p * 65536)  # how many of the 65536 values drop an element
+    keep = 1.0 - dropped / 65536
+    return uniform16.ge(dropped - 32768).to(h.dtype).div_(keep)
 
 
 class Dropout(nn.Module):

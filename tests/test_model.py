@@ -28,6 +28,13 @@ def test_dropout_drops_p_and_rescales_the_rest_in_training_only():
     mask = dropout_mask(x, 0.3)
     assert abs((mask == 0).float().mean().item() - 0.3) < 0.01
     assert torch.allclose(mask[mask != 0], torch.tensor(1 / 0.7))
+    assert mask.dtype == x.dtype
+    # Any shape (an element count that is not a multiple of the four per draw), no pattern
+    # between the four 16-bit lanes of a draw: each drops its share.
+    odd = dropout_mask(torch.ones(1001, 403), 0.25)
+    assert odd.shape == (1001, 403)
+    lanes = (odd.reshape(-1)[: 1001 * 403 // 4 * 4].view(-1, 4) == 0).float().mean(0)
+    assert torch.all((lanes - 0.25).abs() < 0.005), lanes
     layer = Dropout(0.3)
     assert abs(layer(x).mean().item() - 1.0) < 0.01  # the expectation is kept
     layer.eval()
