@@ -5,7 +5,8 @@ records its seconds per phase (`TrialRecord.times`: sampler, setup, tracking, st
 eval, checkpoints); this script adds what lies between them: each worker's start-up (from the
 command's start to its first trial), the time between its trials (ask/tell, heartbeats,
 progress) and its idle time at the end (waiting for another worker's last trial), then
-finalize (the wall time from the search's end to the final record, on all the cores).
+finalize (the wall time from the search's end to the final record, on all the cores), split
+into its retrainings' training steps and dev evaluations (final.json records them) and the rest.
 
     date +%s > start; harness run-study studies/small.yaml; date +%s > end
     HARNESS_ROOT=... python bench/time_breakdown.py studies/small.yaml \\
@@ -32,6 +33,11 @@ PHASES = {  # recorded phase -> row name
     "eval": "evaluation (dev)",
     "checkpoints": "checkpoints",
 }
+
+
+FINAL_TRAIN = "finalize: training steps"
+FINAL_EVAL = "finalize: evaluation (dev)"
+FINAL_REST = "finalize: the rest (process start-up, test, samples, figures, records, idle cores)"
 
 
 def main() -> None:
@@ -75,7 +81,14 @@ def main() -> None:
         rows["idle at the search's end"] += search_end - last
     for _ in range(workers - len(by_worker)):  # a worker that never ran a trial
         rows["idle at the search's end"] += search_end - start
-    rows["finalize (retraining, test, records)"] = workers * max(0.0, end - search_end)
+    finalize = workers * max(0.0, end - search_end)
+    retrained = [c for c in (final or {}).get("candidates", ()) if c.get("train_s")]
+    if retrained:  # final.json records each retraining's seconds (since issue 18)
+        rows[FINAL_TRAIN] = sum(sum(c["train_s"]) for c in retrained)
+        rows[FINAL_EVAL] = sum(sum(c["eval_s"]) for c in retrained)
+        rows[FINAL_REST] = finalize - rows[FINAL_TRAIN] - rows[FINAL_EVAL]
+    else:
+        rows[FINAL_REST] = finalize
 
     total = workers * (end - start)
     print(f"study {spec.name}: {len(recs)} trials, {workers} workers, wall "
@@ -83,12 +96,15 @@ def main() -> None:
     print("| phase | seconds | share |\n| --- | ---: | ---: |")
     for name, seconds in rows.items():
         print(f"| {name} | {seconds:,.1f} | {seconds / total:.1%} |")
-    useful = rows[PHASES["train"]] + rows[PHASES["eval"]]
-    search = total - rows["finalize (retraining, test, records)"]
+    search_useful = rows[PHASES["train"]] + rows[PHASES["eval"]]
+    useful = search_useful + rows[FINAL_TRAIN] + rows[FINAL_EVAL]
+    search = total - finalize
     print(f"| **accounted for** | {sum(rows.values()):,.1f} | {sum(rows.values()) / total:.1%} |")
-    print(f"outside training and evaluation: {1 - useful / search:.1%} of the search's machine "
-          f"time (finalize left out), {1 - useful / total:.1%} of all of it (finalize counted "
-          "as outside, though most of it is retraining)")
+    print(f"outside training and evaluation: {1 - search_useful / search:.1%} of the search's "
+          f"machine time, {1 - useful / total:.1%} of the whole command's (finalize's "
+          "retraining counted as training and evaluation"
+          + ("" if retrained else ": not recorded in this final.json, so all of finalize "
+             "counts as outside") + ")")
 
 
 if __name__ == "__main__":

@@ -212,9 +212,12 @@ def cmd_run_study(args: argparse.Namespace) -> int:
     workers = args.workers or spec.workers.count
     pruner = "off (Pareto mode)" if spec.objective.pareto else spec.pruner.type
     print(f"study {spec.name}: {spec.budget.n_trials} trials of {spec.budget.steps} steps, "
-          f"sampler {spec.sampler.type}, pruner {pruner}, {workers} worker(s)",
-          file=sys.stderr)
-    study = run_search(spec, workers=workers, observer=Progress(), device=args.device)
+          f"sampler {spec.sampler.type}, pruner {pruner}, {workers} worker(s)"
+          + (f", {spec.budget.wall_time / 60:g} minutes in all (budget.wall_time)"
+             if spec.budget.wall_time else ""), file=sys.stderr)
+    finalizes = spec.finalize.enabled and not args.no_finalize
+    study = run_search(spec, workers=workers, observer=Progress(), device=args.device,
+                       finalize=finalizes)
     record = storage.read_record(study)
     if record is not None and record.warm_from:
         print(f"warm start: {record.warm_trials} complete trials of study {record.warm_from} "
@@ -232,7 +235,7 @@ def cmd_run_study(args: argparse.Namespace) -> int:
         print(f"stopped before budget.n_trials: {stopped}")
     print(f"leaderboard: {paths.study_dir(spec.name) / 'leaderboard.csv'}")
     print(f"MLflow UI:   {_tracking_address(spec)}")
-    if args.no_finalize or not spec.finalize.enabled:
+    if not finalizes:
         return 0
     from harness.final import AlreadyFinalized
 

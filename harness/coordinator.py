@@ -44,18 +44,21 @@ def threads_per_worker(spec: StudySpec, n_workers: int) -> int:
 
 
 def run_search(spec: StudySpec, *, workers: int | None = None,
-               observer: SearchObserver | None = None, device: str = "cpu") -> optuna.Study:
+               observer: SearchObserver | None = None, device: str = "cpu",
+               finalize: bool = False) -> optuna.Study:
     """Create or resume the study and run trials until it has budget.n_trials of them.
 
     n_trials is the study's total: a resumed study only runs what is missing. Writes the
     leaderboard CSV (also logged on the study's MLflow run) at the end, interrupted or not.
+    `finalize`: the caller finalizes next, on as many processes (budget.wall_time keeps
+    time for it).
     """
     n = workers or spec.workers.count
     # Several workers are spawned first: each spends seconds importing torch, Optuna and MLflow,
     # which overlaps with this process creating the stores; they start once the study exists.
     pool = _Pool(spec, n, device) if n > 1 else None
     try:
-        study, record = prepare_study(spec)
+        study, record = prepare_study(spec, n if finalize else 0)
     except BaseException:
         if pool is not None:
             pool.stop()

@@ -76,6 +76,9 @@ class CandidateResult:
     dev_losses: tuple[float, ...]
     dev_mean: float
     dev_std: float
+    # Seconds per seed in training steps and in dev evaluations (empty in older records).
+    train_s: tuple[float, ...] = ()
+    eval_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,8 +120,9 @@ class FinalResult:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinalResult:
         d = dict(d)
-        d["candidates"] = tuple(CandidateResult(**{**c, "dev_losses": tuple(c["dev_losses"])})
-                                for c in d["candidates"])
+        d["candidates"] = tuple(
+            CandidateResult(**{**c, **{k: tuple(c[k]) for k in _SEQUENCES if k in c}})
+            for c in d["candidates"])
         for key in ("seeds", "dev_losses", "test_losses", "samples"):
             d[key] = tuple(d[key])
         d["references"] = tuple(Reference(**r) for r in d.get("references", ()))
@@ -132,6 +136,9 @@ class FinalResult:
         return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
+_SEQUENCES = ("dev_losses", "train_s", "eval_s")  # CandidateResult's tuples, lists in JSON
+
+
 @dataclass
 class Candidate:
     """One config being retrained on several seeds; its dev losses decide."""
@@ -142,6 +149,8 @@ class Candidate:
     steps: int = 0  # steps per retraining, set by `plan_steps`
     dev_losses: list[float] = field(default_factory=list)
     models: list[MLP] = field(default_factory=list, repr=False)
+    train_s: list[float] = field(default_factory=list)  # per seed: seconds in training steps
+    eval_s: list[float] = field(default_factory=list)  # ... and in dev evaluations
 
     @property
     def dev_mean(self) -> float:
@@ -150,7 +159,8 @@ class Candidate:
     def result(self) -> CandidateResult:
         mean, std = mean_std(self.dev_losses)
         return CandidateResult(self.trial, self.hparams.to_dict(), self.steps,
-                               tuple(self.dev_losses), mean, std)
+                               tuple(self.dev_losses), mean, std, tuple(self.train_s),
+                               tuple(self.eval_s))
 
 
 @dataclass(frozen=True)
@@ -161,6 +171,17 @@ class Retraining:
     trial: int
     seed: int
     steps: int
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """What one retraining produced: its best dev loss, the model of that evaluation, and its
+    seconds in training steps and in dev evaluations."""
+
+    dev_loss: float
+    model: MLP
+    train_s: float
+    eval_s: float
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -284,9 +305,11 @@ def retrain(spec: StudySpec, pool: list[Candidate], seeds: Sequence[int], *, dev
     else:
         done = _retrain_spawned(spec, pool, jobs, device, processes, observer)
     for job in jobs:
-        dev, model = done[job]
-        pool[job.candidate].dev_losses.append(dev)
-        pool[job.candidate].models.append(model)
+        cand, out = pool[job.candidate], done[job]
+        cand.dev_losses.append(out.dev_loss)
+        cand.models.append(out.model)
+        cand.train_s.append(out.train_s)
+        cand.eval_s.append(out.eval_s)
 
 
 def _seeded(cand: Candidate, seed: int) -> HParams:
@@ -294,8 +317,8 @@ def _seeded(cand: Candidate, seed: int) -> HParams:
 
 
 def _retrain_here(spec: StudySpec, pool: list[Candidate], jobs: list[Retraining], device: str,
-                  observer: FinalizeObserver | None) -> dict[Retraining, tuple[float, MLP]]:
-    done: dict[Retraining, tuple[float, MLP]] = {}
+                  observer: FinalizeObserver | None) -> dict[Retraining, Retrained]:
+    done: dict[Retraining, Retrained] = {}
     for job in jobs:
         hp = _seeded(pool[job.candidate], job.seed)
 
@@ -305,7 +328,8 @@ def _retrain_here(spec: StudySpec, pool: list[Candidate], jobs: list[Retraining]
 
         result = train(hp, load_search_data(spec.data, hp.context_length), steps=job.steps,
                        eval_every=spec.budget.eval_every, on_eval=on_eval, device=device)
-        done[job] = result.best_dev_loss, result.model
+        done[job] = Retrained(result.best_dev_loss, result.model,
+                              result.elapsed_s - result.eval_s, result.eval_s)
         if observer:
             observer.retraining_done(job, result.best_dev_loss, len(done), len(jobs))
     return done
@@ -313,35 +337,37 @@ def _retrain_here(spec: StudySpec, pool: list[Candidate], jobs: list[Retraining]
 
 def _retrain_spawned(spec: StudySpec, pool: list[Candidate], jobs: list[Retraining],
                      device: str, processes: int, observer: FinalizeObserver | None,
-                     ) -> dict[Retraining, tuple[float, MLP]]:
+                     ) -> dict[Retraining, Retrained]:
     threads = threads_per_worker(spec, processes)
-    done: dict[Retraining, tuple[float, MLP]] = {}
+    done: dict[Retraining, Retrained] = {}
     ctx = multiprocessing.get_context("spawn")  # never fork a process with torch threads
     with ProcessPoolExecutor(max_workers=processes, mp_context=ctx) as ex:
         futures = {ex.submit(_retrain_one, _seeded(pool[job.candidate], job.seed), spec,
                              job.steps, device, threads): job for job in jobs}
         for future in as_completed(futures):
             job = futures[future]
-            dev, state = future.result()
+            dev, state, train_s, eval_s = future.result()
             hp = _seeded(pool[job.candidate], job.seed)
             model = MLP.from_hparams(hp, len(load_search_data(spec.data,
                                                               hp.context_length).vocab))
             model.load_state_dict(state)
-            done[job] = dev, model.eval()
+            done[job] = Retrained(dev, model.eval(), train_s, eval_s)
             if observer:
                 observer.retraining_done(job, dev, len(done), len(jobs))
     return done
 
 
 def _retrain_one(hp: HParams, spec: StudySpec, steps: int, device: str,
-                 threads: int) -> tuple[float, dict[str, Any]]:
-    """One retraining in a spawned process: its best dev loss and weights."""
+                 threads: int) -> tuple[float, dict[str, Any], float, float]:
+    """One retraining in a spawned process: its best dev loss, weights, and seconds in
+    training steps and in dev evaluations."""
     import torch
 
     torch.set_num_threads(threads)
     result = train(hp, load_search_data(spec.data, hp.context_length), steps=steps,
                    eval_every=spec.budget.eval_every, device=device)
-    return result.best_dev_loss, {k: v.cpu() for k, v in result.model.state_dict().items()}
+    return (result.best_dev_loss, {k: v.cpu() for k, v in result.model.state_dict().items()},
+            result.elapsed_s - result.eval_s, result.eval_s)
 
 
 def evaluate_test(study: optuna.Study, spec: StudySpec, chosen: Candidate,

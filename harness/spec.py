@@ -9,6 +9,7 @@ A study file has these top-level keys (all but `search` optional)::
     name: quick                       # default: the file's stem
     data: {path: null, train: 0.8, dev: 0.1, test: 0.1, seed: 42}
     budget: {n_trials: 20, steps: 10000, eval_every: 500, timeout: null,
+             wall_time: null,         # seconds for run-study, finalize included (e.g. 3600)
              patience: null,          # e.g. {trials: 10, min_delta: 0.001}
              checkpoint_every: null,  # null: at every evaluation; 0: no checkpoints
              keep_checkpoints: false}
@@ -114,6 +115,9 @@ class Budget:
     steps: int = 10_000  # optimizer steps per trial
     eval_every: int = 500  # steps between dev evaluations (and pruning decisions)
     timeout: float | None = None  # seconds; stop starting new trials after this
+    # Seconds for the whole run-study, finalize included: a new trial starts only while the
+    # longest trial so far and the final model's retrainings would still end within it.
+    wall_time: float | None = None
     patience: Patience | None = None  # None: the budget alone decides
     # Steps between trial checkpoints (a multiple of eval_every); None: at every evaluation;
     # 0: none (a lost trial then restarts from step 0).
@@ -246,6 +250,13 @@ class FinalizeSpec:
     # objective's Pareto metric, e.g. {max_n_params: 80000}. The one picked trial is the
     # candidate (top_k does not apply).
     pick: PickRule | None = None
+
+    def retraining_s(self, trial_s: float, budget_steps: int) -> float:
+        """About how long one retraining takes, from its trial's seconds for budget_steps."""
+        scaled = trial_s * (self.steps or budget_steps) / budget_steps
+        if self.minutes is None:
+            return scaled
+        return min(scaled, 60 * self.minutes) if self.steps else 60 * self.minutes
 
 
 @dataclass(frozen=True)
@@ -460,8 +471,9 @@ def _parse_budget(raw: Any, errors: list[str]) -> Budget:
     if b.eval_every > b.steps >= 1:
         errors.append(f"budget.eval_every: {b.eval_every} is larger than budget.steps {b.steps}; "
                       "no evaluation would happen before the end")
-    if b.timeout is not None and b.timeout <= 0:
-        errors.append(f"budget.timeout: must be > 0 seconds, got {b.timeout}")
+    for key in ("timeout", "wall_time"):
+        if (seconds := getattr(b, key)) is not None and seconds <= 0:
+            errors.append(f"budget.{key}: must be > 0 seconds, got {seconds}")
     if b.checkpoint_every is not None and (b.checkpoint_every < 0 or b.eval_every >= 1 and
                                            b.checkpoint_every % b.eval_every):
         errors.append(f"budget.checkpoint_every: must be 0 (none) or a multiple of "

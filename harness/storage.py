@@ -164,6 +164,8 @@ class StudyRecord:
     created: float  # epoch seconds
     patience_trials: int | None = None  # budget.patience: stop after this many without gain
     patience_min_delta: float = 0.0
+    wall_time: float | None = None  # budget.wall_time: seconds after timeout_start, all told
+    final_rounds: int = 0  # rounds of retrainings the run-study's finalize will run (0: none)
     warm_from: str | None = None  # warm_start: the earlier study
     warm_trials: int = 0  # its trials added to this one
     warm_skipped: int = 0  # its trials that did not fit this study

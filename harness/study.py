@@ -169,10 +169,13 @@ def _largest(spec: StudySpec, name: str) -> Any:
     return max(values)
 
 
-def prepare_study(spec: StudySpec) -> tuple[optuna.Study, StudyRecord]:
+def prepare_study(spec: StudySpec, final_processes: int = 0) -> tuple[optuna.Study,
+                                                                     StudyRecord]:
     """Create the study (or open it), record its budget, open its parent MLflow run, and reap
     trials of dead workers. Safe when several processes prepare one study at once: one of them
     (the one that claims its creation in the storage) creates its identity and parent run.
+    `final_processes`: the processes this run-study's finalize will retrain on (0: it will not
+    finalize), which `budget.wall_time` keeps time for.
 
     Bad inputs fail first (check_inputs), before any storage or run is created.
     """
@@ -193,14 +196,14 @@ def prepare_study(spec: StudySpec) -> tuple[optuna.Study, StudyRecord]:
         identity = uuid.uuid4().hex
         parent = tracker.study_run(spec.name, identity, _spec_yaml(spec))
         record = StudyRecord(identity, parent, spec.budget.n_trials, spec.budget.timeout,
-                             timeout_start=now, created=now, **_patience(spec),
-                             **_warm_start(spec, study))
+                             timeout_start=now, created=now,
+                             **_budget(spec, final_processes), **_warm_start(spec, study))
         for params in spec.enqueue:  # once, by the process that created the study
             study.enqueue_trial(dict(params), skip_if_exists=True)
     else:  # run-study owns the budget: a new total or timeout from it is recorded
         record = dataclasses.replace(storage.wait_for_record(study),
                                      n_trials=spec.budget.n_trials, timeout=spec.budget.timeout,
-                                     timeout_start=now, **_patience(spec))
+                                     timeout_start=now, **_budget(spec, final_processes))
         tracker.study_run(spec.name, record.identity, _spec_yaml(spec))
     storage.write_record(study, record)
     tracker.set_tags(record.parent_run_id, provenance.collect())  # this run-study's
@@ -209,10 +212,14 @@ def prepare_study(spec: StudySpec) -> tuple[optuna.Study, StudyRecord]:
     return study, record
 
 
-def _patience(spec: StudySpec) -> dict[str, Any]:
-    p = spec.budget.patience
+def _budget(spec: StudySpec, final_processes: int) -> dict[str, Any]:
+    """The StudyRecord fields a run-study sets from its budget (besides n_trials, timeout)."""
+    p, f = spec.budget.patience, spec.finalize
+    jobs = (1 if f.pick else f.top_k) * f.seeds  # Pareto mode retrains the picked trial only
+    rounds = -(-jobs // min(final_processes, jobs)) if final_processes and f.enabled else 0
     return {"patience_trials": p.trials if p else None,
-            "patience_min_delta": p.min_delta if p else 0.0}
+            "patience_min_delta": p.min_delta if p else 0.0,
+            "wall_time": spec.budget.wall_time, "final_rounds": rounds}
 
 
 def _warm_start(spec: StudySpec, study: optuna.Study) -> dict[str, Any]:
@@ -295,10 +302,12 @@ def join_study(spec: StudySpec, explicit: Collection[str] = ()) -> tuple[optuna.
         raise StudyNotFound(f"study {spec.name!r} was not prepared; start it with "
                             f"`harness run-study {spec.source}`")
     for key, mine, recorded in (("budget.n_trials", spec.budget.n_trials, record.n_trials),
-                                ("budget.timeout", spec.budget.timeout, record.timeout)):
+                                ("budget.timeout", spec.budget.timeout, record.timeout),
+                                ("budget.wall_time", spec.budget.wall_time, record.wall_time)):
         if key in explicit and mine != recorded:
             raise BudgetConflict(
-                f"{key}={mine} was given, but study {spec.name!r} was started with {recorded}: "
+                f"{key}={mine} was given, but study {spec.name!r} was started with "
+                f"{'none' if recorded is None else recorded}: "
                 "a worker uses the study's recorded budget. Drop the setting, or change the "
                 f"study's budget with `harness run-study {spec.source} --set {key}=...`")
     return study, record
@@ -621,6 +630,14 @@ def work(spec: StudySpec, *, observer: SearchObserver | None = None, device: str
                     recs, record.patience_trials, record.patience_min_delta)):
                 storage.write_stopped(study, reason)
                 log.info("budget.patience: %s; no new trials", reason)
+                break
+            if record.wall_time is not None and (reason := trials.out_of_wall_time(
+                    recs, time.time(), record.timeout_start + record.wall_time,
+                    steps=spec.budget.steps, final_rounds=record.final_rounds,
+                    top_k=None if spec.finalize.pick else spec.finalize.top_k,
+                    retraining_s=lambda s: spec.finalize.retraining_s(s, spec.budget.steps))):
+                storage.write_stopped(study, reason)
+                log.info("%s; no new trials", reason)
                 break
             number = _run_trial(spec, study, objective)
             recs = trials.records(study)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import math
 import os
 import socket
 import time
@@ -217,6 +218,43 @@ def stalled(recs: Sequence[TrialRecord], patience: int, min_delta: float) -> str
         return (f"no improvement by {min_delta:g} over the last {patience} complete trials "
                 f"(best {before:.4f} before them, {recent:.4f} among them)")
     return None
+
+
+# Finalize's seconds besides its retrainings: processes, the test split, samples, figures, records.
+FINAL_OVERHEAD_S = 60.0
+
+
+def out_of_wall_time(recs: Sequence[TrialRecord], now: float, end: float, *, steps: int,
+                     final_rounds: int, top_k: int | None,
+                     retraining_s: Callable[[float], float]) -> str | None:
+    """Why no new trial should start under budget.wall_time, or None.
+
+    A new trial may take as long as the slowest trial so far would take for the full `steps`
+    (a pruned trial's seconds scaled up); then finalize runs `final_rounds` rounds of
+    retrainings, each as long as `retraining_s(its trial's full-length seconds)`, for the
+    `top_k` best complete trials (None: any complete trial, as in Pareto mode). When that
+    would end after `end` (epoch seconds), the reason is returned. None before any trial has
+    finished: there is nothing to go by yet."""
+    # (dev loss, seconds scaled to `steps`, complete and feasible) of the trials run here
+    done = sorted((r.value if r.value is not None else math.inf,
+                   r.duration_s * steps / r.steps,
+                   r.state == TrialState.COMPLETE and r.feasible)
+                  for r in recs if r.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                  and r.steps and r.duration_s and not r.warm_from)
+    if not done:
+        return None
+    trial_s = max(seconds for _, seconds, _ in done)
+    final_s = 0.0
+    if final_rounds:
+        candidates = [seconds for _, seconds, ok in done if ok]
+        candidates = candidates[:top_k] if top_k else candidates
+        final_s = (final_rounds * max(map(retraining_s, candidates or [trial_s]))
+                   + FINAL_OVERHEAD_S)
+    over = now + trial_s + final_s - end
+    if over <= 0:
+        return None
+    return (f"one more trial (up to {trial_s:.0f} s) and the final model (about {final_s:.0f} s) "
+            f"would end {over:.0f} s past budget.wall_time")
 
 
 def counts_by_state(recs: Sequence[TrialRecord]) -> dict[str, int]:

@@ -310,6 +310,9 @@ def test_study_records_its_budget_and_a_joining_worker_uses_it(write_study, caps
     code = main(["worker", str(path), "--set", "budget.n_trials=5"])
     err = capsys.readouterr().err
     assert code == 2 and "budget.n_trials=5" in err and "started with 2" in err
+    code = main(["worker", str(path), "--set", "budget.wall_time=600"])
+    err = capsys.readouterr().err
+    assert code == 2 and "budget.wall_time=600" in err and "started with none" in err
 
 
 def test_a_worker_shares_the_cores_with_the_studys_live_workers_here(write_study, monkeypatch):

@@ -171,6 +171,11 @@ def test_finalize_records_once_then_refuses_and_force_counts(write_study):
     # with the model.
     study = load_study(spec)
     assert FinalResult.from_dict(storage.read_final(study)) == result
+    assert all(len(c.train_s) == len(c.eval_s) == 2 for c in result.candidates)
+    older = storage.read_final(study)  # a record from before the seconds were kept
+    for cand in older["candidates"]:
+        del cand["train_s"], cand["eval_s"]
+    assert FinalResult.from_dict(older).candidates[0].train_s == ()
     assert FinalResult.load(paths.study_dir("tiny") / "final.json") == result
     client = MlflowClient(paths.tracking_uri())
     run = client.get_run(result.mlflow_run_id)
@@ -244,6 +249,11 @@ def test_finalize_on_two_processes_end_to_end(write_study):
     assert [e for e in events if e[0] == "done"] == [("done", k, 4) for k in range(1, 5)]
     assert len(result.candidates) == 2 and all(len(c.dev_losses) == 2 for c in result.candidates)
     assert result.test_evaluations == 1 and 2.0 < result.test_mean < 3.4
+    # Each retraining's seconds in training steps and dev evaluations come back from its
+    # process (bench/time_breakdown.py splits finalize's time with them).
+    for cand in result.candidates:
+        assert len(cand.train_s) == len(cand.eval_s) == 2
+        assert all(0 < t < 60 for t in (*cand.train_s, *cand.eval_s))
     # The spawned retrainings are the same computation as in this process: same seeds, same
     # weights, same dev loss.
     here = finalize(spec, force=True)

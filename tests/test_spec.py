@@ -72,6 +72,7 @@ def test_all_errors_reported_at_once_with_key_paths(write_study):
     [
         (tiny_study(budget={"steps": 100, "eval_every": 500}), "larger than budget.steps"),
         (tiny_study(budget={"n_trials": 0}), "budget.n_trials: must be >= 1"),
+        (tiny_study(budget={"wall_time": 0}), "budget.wall_time: must be > 0 seconds"),
         (tiny_study(search={"batch_size": []}), "non-empty list"),
         (tiny_study(search={"batch_size": [32, 32]}), "listed twice"),
         (tiny_study(search={"lr_schedule": {"type": "categorical", "choices": ["step"],

@@ -270,6 +270,75 @@ def test_stalled_needs_more_than_patience_trials_and_an_improvement_by_min_delta
     assert trials.stalled(complete(2.0, 2.1, 1.995), 2, 0.01) is not None  # not by enough
 
 
+def test_wall_time_stops_new_trials_that_would_not_fit_with_the_final_model(write_study,
+                                                                             capsys):
+    """budget.wall_time of 1 s: the first trial runs (nothing to estimate from before it), then
+    one more trial and the final model's retrainings cannot fit, so the study stops there,
+    says why, records the rounds of retrainings it kept time for, and finalizes."""
+    from harness.cli import main
+
+    path = write_study(tiny_study(budget={"n_trials": 4, "steps": 100, "eval_every": 50,
+                                          "wall_time": 1},
+                                  finalize={"top_k": 2, "seeds": 3, "samples": 5}))
+    assert main(["run-study", str(path), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    study = load_study(load_spec(path))
+    assert trials.counted(trials.records(study)) == 1
+    assert "stopped before budget.n_trials: one more trial (up to" in out
+    assert "past budget.wall_time" in storage.read_stopped(study)
+    record = storage.read_record(study)
+    assert (record.wall_time, record.final_rounds) == (1, 6)  # 2 candidates x 3 seeds, 1 process
+    assert storage.read_final(study) is not None  # and the final model still came
+
+
+def test_out_of_wall_time_adds_the_slowest_trial_and_the_best_candidates_retrainings():
+    import datetime
+
+    from optuna.trial import TrialState
+
+    t0 = datetime.datetime(2026, 1, 1)
+
+    def rec(number, state, value, seconds, steps=1000, **kw):
+        return trials.TrialRecord(number=number, state=state, value=value, steps=steps,
+                                  started=t0, completed=t0 + datetime.timedelta(seconds=seconds),
+                                  **kw)
+
+    def reason(recs, end, rounds=2, top_k=1, scale=1.0):
+        return trials.out_of_wall_time(recs, 0.0, end, steps=1000, final_rounds=rounds,
+                                       top_k=top_k, retraining_s=lambda s: s * scale)
+
+    overhead = trials.FINAL_OVERHEAD_S
+    assert reason([], 1.0) is None  # nothing finished: nothing to go by
+    best = rec(0, TrialState.COMPLETE, 2.0, 100)
+    # One more trial (100 s) and 2 rounds of the best trial's retrainings (2 x 100 s).
+    assert reason([best], 300 + overhead) is None
+    assert "past budget.wall_time" in reason([best], 299 + overhead)
+    # A trial pruned at a fifth of the steps after 40 s would take 200 s in full: the next
+    # trial may be that slow; finalize still retrains the best (fast) trial only.
+    pruned = rec(1, TrialState.PRUNED, None, 40, steps=200)
+    assert reason([best, pruned], 400 + overhead) is None
+    assert reason([best, pruned], 399 + overhead) is not None
+    # top_k 2 takes the slower second-best into finalize's rounds; a worse third is left out.
+    slow = rec(2, TrialState.COMPLETE, 2.1, 150)
+    worst = rec(3, TrialState.COMPLETE, 2.5, 170)
+    assert reason([best, slow, worst], 170 + 300 + overhead, top_k=2) is None
+    assert reason([best, slow, worst], 169 + 300 + overhead, top_k=2) is not None
+    # finalize's own steps or minutes (retraining_s), no finalize at all, warm-start trials.
+    assert reason([best], 100 + 2 * 150 + overhead, scale=1.5) is None
+    assert reason([best], 100 + 2 * 150 + overhead - 1, scale=1.5) is not None
+    assert reason([best], 100, rounds=0) is None
+    assert reason([rec(0, TrialState.COMPLETE, 2.0, 100, warm_from="earlier#0")], 1.0) is None
+
+
+def test_finalize_retraining_seconds_follow_its_steps_or_minutes():
+    from harness.spec import FinalizeSpec
+
+    assert FinalizeSpec().retraining_s(100.0, 1000) == 100.0
+    assert FinalizeSpec(steps=3000).retraining_s(100.0, 1000) == 300.0
+    assert FinalizeSpec(minutes=2).retraining_s(100.0, 1000) == 120.0
+    assert FinalizeSpec(steps=500, minutes=2).retraining_s(100.0, 1000) == 50.0
+
+
 def test_a_named_config_is_enqueued_cut_to_the_space(write_study):
     """`enqueue: [lecture]` and `--enqueue lecture` run the lecture's values that the space can
     hold (lr 0.1, batch 32 here); what it cannot hold (no 200-wide search here) is sampled."""
