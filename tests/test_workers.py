@@ -87,9 +87,9 @@ def test_workers_start_while_the_study_is_created(write_study, monkeypatch):
     alive_at_prepare = []
     real_prepare = coordinator.prepare_study
 
-    def prepare(spec):
+    def prepare(spec, final_processes):
         alive_at_prepare.append(len(multiprocessing.active_children()))
-        return real_prepare(spec)
+        return real_prepare(spec, final_processes)
 
     monkeypatch.setattr(coordinator, "prepare_study", prepare)
     run_search(spec, workers=2)
@@ -108,7 +108,7 @@ def test_workers_start_while_the_study_is_created(write_study, monkeypatch):
 def test_a_failing_start_leaves_no_worker_behind(write_study, monkeypatch):
     spec = load_spec(write_study(tiny_study()))
 
-    def prepare(spec):
+    def prepare(spec, final_processes):
         raise RuntimeError("store down")
 
     monkeypatch.setattr(coordinator, "prepare_study", prepare)
