@@ -147,10 +147,15 @@ class Candidate:
     hparams: HParams
     steps_per_sec: float | None = None  # as its trial measured it
     steps: int = 0  # steps per retraining, set by `plan_steps`
-    dev_losses: list[float] = field(default_factory=list)
-    models: list[MLP] = field(default_factory=list, repr=False)
-    train_s: list[float] = field(default_factory=list)  # per seed: seconds in training steps
-    eval_s: list[float] = field(default_factory=list)  # ... and in dev evaluations
+    retrained: list[Retrained] = field(default_factory=list, repr=False)  # in seed order
+
+    @property
+    def dev_losses(self) -> list[float]:
+        return [r.dev_loss for r in self.retrained]
+
+    @property
+    def models(self) -> list[MLP]:
+        return [r.model for r in self.retrained]
 
     @property
     def dev_mean(self) -> float:
@@ -159,8 +164,9 @@ class Candidate:
     def result(self) -> CandidateResult:
         mean, std = mean_std(self.dev_losses)
         return CandidateResult(self.trial, self.hparams.to_dict(), self.steps,
-                               tuple(self.dev_losses), mean, std, tuple(self.train_s),
-                               tuple(self.eval_s))
+                               tuple(self.dev_losses), mean, std,
+                               tuple(r.train_s for r in self.retrained),
+                               tuple(r.eval_s for r in self.retrained))
 
 
 @dataclass(frozen=True)
@@ -305,11 +311,7 @@ def retrain(spec: StudySpec, pool: list[Candidate], seeds: Sequence[int], *, dev
     else:
         done = _retrain_spawned(spec, pool, jobs, device, processes, observer)
     for job in jobs:
-        cand, out = pool[job.candidate], done[job]
-        cand.dev_losses.append(out.dev_loss)
-        cand.models.append(out.model)
-        cand.train_s.append(out.train_s)
-        cand.eval_s.append(out.eval_s)
+        pool[job.candidate].retrained.append(done[job])
 
 
 def _seeded(cand: Candidate, seed: int) -> HParams:
