@@ -9,7 +9,9 @@
 3. retrain: each candidate with the same `train` function on fresh seeds 1..`finalize.seeds`,
    for `finalize.steps` (or as many steps as fit in `finalize.minutes` at the speed its trial
    measured), here or in spawned processes;
-4. choose: the candidate with the lowest *mean* dev loss, so one lucky seed cannot win;
+4. choose: the candidate with the lowest *mean* dev loss, so one lucky seed cannot win; the
+   final model is its best seed's, or with `finalize.ensemble` all its seeds' models averaged
+   (no retraining is thrown away);
 5. test: only then is the test split read, for the chosen models; each evaluation is counted
    in the storage before it happens;
 6. record: `FinalResult` in the study's storage, a final MLflow run under the study's run, and
@@ -42,7 +44,16 @@ from harness.coordinator import threads_per_worker
 from harness.data import load_search_data, load_test_examples, load_test_words, training_words
 from harness.events import FinalizeObserver
 from harness.hparams import HParams
-from harness.model import MLP, load_model, mean_loss, n_params, sample_words, save_model
+from harness.model import (
+    MLP,
+    Ensemble,
+    LanguageModel,
+    load_model,
+    mean_loss,
+    n_params,
+    sample_words,
+    save_model,
+)
 from harness.spec import StudySpec
 from harness.study import load_study, open_tracker
 from harness.tracking import FAILED, FINISHED
@@ -99,7 +110,7 @@ class FinalResult:
     test_std: float
     model_seed: int
     model_test_loss: float
-    n_params: int
+    n_params: int  # one model of the chosen config (an ensemble holds one per seed)
     candidates: tuple[CandidateResult, ...]
     samples: tuple[str, ...]
     novel_share: float | None  # share of the samples that are not training words
@@ -113,9 +124,19 @@ class FinalResult:
     pick: str | None = None  # Pareto mode: the rule that picked the trial from the front
     # Count-based models scored on test at the same moment (chosen on dev): test beside test.
     references: tuple[Reference, ...] = ()
+    # finalize.ensemble: the saved model averages the chosen config's models over all seeds
+    # (model_seed and model_test_loss are then its best single seed's); its dev and test loss.
+    ensemble_dev_loss: float | None = None
+    ensemble_test_loss: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def size(self) -> str:
+        """The saved model's parameters, in words: "12,345", or "2 x 12,345" (an ensemble)."""
+        members = f"{len(self.seeds)} x " if self.ensemble_test_loss is not None else ""
+        return f"{members}{self.n_params:,}"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinalResult:
@@ -215,9 +236,9 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", worke
     seeds = list(range(1, spec.finalize.seeds + 1))
     retrain(spec, pool, seeds, device=device, workers=workers, observer=observer)
     chosen = min(pool, key=lambda c: c.dev_mean)
-    test_losses, evaluations, references = evaluate_test(study, spec, chosen)
-    return record(spec, study, pool, chosen, seeds, test_losses, evaluations, references,
-                  started)
+    ensemble = Ensemble(chosen.models) if spec.finalize.ensemble else None
+    tested = evaluate_test(study, spec, chosen, ensemble)
+    return record(spec, study, pool, chosen, ensemble, seeds, tested, started)
 
 
 def _claim(study: optuna.Study, force: bool) -> None:
@@ -372,30 +393,46 @@ def _retrain_one(hp: HParams, spec: StudySpec, steps: int, device: str,
             result.elapsed_s - result.eval_s, result.eval_s)
 
 
+@dataclass(frozen=True)
+class TestEvaluation:
+    """Phase 5's readings of the test split."""
+
+    losses: list[float]  # each seed's model of the chosen config, in seed order
+    ensemble_loss: float | None  # their ensemble's (finalize.ensemble), else None
+    evaluations: int  # the study's count of test evaluations, this one included
+    references: list[Reference]  # the count-based models', at the same moment
+
+
 def evaluate_test(study: optuna.Study, spec: StudySpec, chosen: Candidate,
-                  ) -> tuple[list[float], int, list[Reference]]:
-    """Phase 5: the chosen models' losses on the test split, read here and nowhere else, and
-    the count-based references' at the same moment. The evaluation is counted in the storage
-    first; returns the losses, that count and the references."""
+                  ensemble: Ensemble | None = None) -> TestEvaluation:
+    """Phase 5: the chosen models' losses on the test split (and their `ensemble`'s), read
+    here and nowhere else, and the count-based references' at the same moment. The
+    evaluation is counted in the storage first."""
     evaluations = storage.next_number(study, TEST_COUNTER) + 1
     test = load_test_examples(spec.data, chosen.hparams.context_length)
-    losses = []
-    for model in chosen.models:
+
+    def loss(model: LanguageModel) -> float:
         device = next(model.parameters()).device
-        losses.append(mean_loss(model, test.X.to(device), test.Y.to(device)))
+        return mean_loss(model, test.X.to(device), test.Y.to(device))
+
     dev_results = baseline.cached(spec.data, paths.study_dir(spec.name) / "baselines.json")
     references = baseline.test_references(spec.data, load_test_words(spec.data), dev_results)
-    return losses, evaluations, references
+    return TestEvaluation([loss(m) for m in chosen.models],
+                          loss(ensemble) if ensemble is not None else None, evaluations,
+                          references)
 
 
 def record(spec: StudySpec, study: optuna.Study, pool: list[Candidate], chosen: Candidate,
-           seeds: list[int], test_losses: list[float], evaluations: int,
-           references: Sequence[Reference], started: float) -> FinalResult:
-    """Phase 6: save the model (the chosen config's best seed), sample names, and record the
-    result in the storage, in MLflow and in final.json."""
+           ensemble: Ensemble | None, seeds: list[int], tested: TestEvaluation,
+           started: float) -> FinalResult:
+    """Phase 6: save the model (the chosen config's `ensemble`, else its best seed), sample
+    names, and record the result in the storage, in MLflow and in final.json."""
+    test_losses = tested.losses
     best = min(range(len(seeds)), key=lambda j: chosen.dev_losses[j])
-    model, model_hp = chosen.models[best], _seeded(chosen, seeds[best])
-    itos = load_search_data(spec.data, model_hp.context_length).vocab.itos
+    best_model, model_hp = chosen.models[best], _seeded(chosen, seeds[best])
+    data = load_search_data(spec.data, model_hp.context_length)
+    itos = data.vocab.itos
+    model: LanguageModel = best_model if ensemble is None else ensemble
     out_dir = paths.study_dir(spec.name)
     model_path = out_dir / "model.pt"
     save_model(model_path, model, model_hp, itos)
@@ -409,14 +446,18 @@ def record(spec: StudySpec, study: optuna.Study, pool: list[Candidate], chosen: 
         seeds=tuple(seeds), steps=chosen.steps, dev_losses=tuple(chosen.dev_losses),
         dev_mean=dev_mean, dev_std=dev_std, test_losses=tuple(test_losses),
         test_mean=test_mean, test_std=test_std, model_seed=seeds[best],
-        model_test_loss=test_losses[best], n_params=n_params(model),
+        model_test_loss=test_losses[best], n_params=n_params(best_model),
         candidates=tuple(c.result() for c in pool), samples=tuple(names),
         novel_share=sum(n not in known for n in names) / len(names) if names else None,
-        model_path=str(model_path), test_evaluations=evaluations,
+        model_path=str(model_path), test_evaluations=tested.evaluations,
         started_at=_iso(started), finished_at=_iso(time.time()), commit=provenance.commit(),
-        references=tuple(references),
-        pick=spec.finalize.pick.as_written() if spec.finalize.pick else None)
-    figure = plots.embeddings(model.embedding.weight, itos, out_dir / "plots" / "embeddings.png")
+        references=tuple(tested.references),
+        pick=spec.finalize.pick.as_written() if spec.finalize.pick else None,
+        ensemble_dev_loss=None if ensemble is None else mean_loss(ensemble, data.dev.X,
+                                                                  data.dev.Y),
+        ensemble_test_loss=tested.ensemble_loss)
+    figure = plots.embeddings(best_model.embedding.weight, itos,
+                              out_dir / "plots" / "embeddings.png")
     result = dataclasses.replace(result, mlflow_run_id=_track(spec, study, result,
                                                               [model_path, figure]))
     if spec.registry.enabled and result.mlflow_run_id:
@@ -452,6 +493,9 @@ def _track(spec: StudySpec, study: optuna.Study, result: FinalResult,
                    "n_params": result.n_params, "test_evaluations": result.test_evaluations}
         if result.novel_share is not None:
             figures["novel_share"] = result.novel_share
+        if result.ensemble_test_loss is not None:
+            figures |= {"ensemble_dev_loss": result.ensemble_dev_loss,
+                        "ensemble_test_loss": result.ensemble_test_loss}
         for ref in result.references:  # e.g. reference_test_loss.kneser-ney_6-gram
             key = re.sub(r"[^a-z0-9-]+", "_", ref.model.lower()).strip("_")
             figures |= {f"reference_dev_loss.{key}": ref.dev_loss,
@@ -473,11 +517,13 @@ def _register(spec: StudySpec, result: FinalResult, model_path: Path) -> str:
         "dev_mean": f"{result.dev_mean:.6f}", "dev_std": f"{result.dev_std:.6f}",
         "test_mean": f"{result.test_mean:.6f}", "test_std": f"{result.test_std:.6f}",
         "chosen_trial": str(result.chosen_trial), "commit": result.commit,
-        "study": spec.name})
+        "study": spec.name,
+        **({"ensemble_test_loss": f"{result.ensemble_test_loss:.6f}"}
+           if result.ensemble_test_loss is not None else {})})
     return f"models:/{name}/{version}"
 
 
-def final_model(spec: StudySpec) -> tuple[MLP, HParams, tuple[str, ...]]:
+def final_model(spec: StudySpec) -> tuple[LanguageModel, HParams, tuple[str, ...]]:
     """The study's saved final model. Raises NothingToFinalize when there is none yet."""
     path = paths.study_dir(spec.name) / "model.pt"
     if not path.exists():

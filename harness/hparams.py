@@ -37,6 +37,7 @@ class HParams:
     warmup_frac: float = 0.0  # cosine schedule: fraction of steps of linear warmup
     lr_min_frac: float = 0.0  # cosine schedule: final lr as a fraction of lr
     weight_decay: float = 0.0  # L2 (sgd) or decoupled (adamw) weight decay
+    ema_decay: float = 0.0  # > 0: evaluate and keep a moving average of the weights (per step)
     precision: str = "fp32"  # training's matrix products: fp32, or bf16 (fp32 weights kept)
     seed: int = 0  # seeds initialization and batch order
 
@@ -80,6 +81,7 @@ _RULES: Mapping[str, tuple[Callable[[Any], bool], str]] = {
     "warmup_frac": (_fraction_open, "a number in [0, 1)"),
     "lr_min_frac": (_fraction_closed, "a number in [0, 1]"),
     "weight_decay": (lambda x: x >= 0, "a number >= 0"),
+    "ema_decay": (_fraction_open, "a number in [0, 1)"),
     "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "seed": (lambda x: x >= 0, "an integer >= 0"),
 }

@@ -108,13 +108,40 @@ class MLP(nn.Module):
         return self.output(h)  # (B, V)
 
 
+class Ensemble(nn.Module):
+    """Several MLPs of one config (trained on different seeds) that predict together: the
+    average of their next-character distributions.
+
+    `forward` returns the log of that average, which serves as logits wherever an MLP's are
+    used (its softmax is the average; cross-entropy on it is the ensemble's loss), so
+    `mean_loss`, `sample` and `complete` take either.
+    """
+
+    def __init__(self, members: Sequence[MLP]) -> None:
+        super().__init__()
+        if not members or len({(m.vocab_size, m.context_length) for m in members}) != 1:
+            raise ValueError("an ensemble needs one or more MLPs of one vocabulary and context")
+        self.members = nn.ModuleList(members)
+        self.vocab_size = members[0].vocab_size
+        self.context_length = members[0].context_length
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) int64 -> log of the members' mean probabilities (B, vocab_size)."""
+        logp = torch.stack([F.log_softmax(m(idx), dim=-1) for m in self.members])  # (M, B, V)
+        return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
+
+
+# What evaluation, sampling and saving take: one MLP, or an ensemble of them.
+LanguageModel = MLP | Ensemble
+
+
 def n_params(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 @torch.no_grad()
-def mean_loss(model: MLP, X: torch.Tensor, Y: torch.Tensor, chunk: int = 65536) -> float:
+def mean_loss(model: LanguageModel, X: torch.Tensor, Y: torch.Tensor, chunk: int = 65536) -> float:
     """Mean cross-entropy of `model` on (X, Y), in eval mode, in fixed chunks (deterministic)."""
     was_training = model.training
     model.eval()
@@ -128,7 +155,7 @@ def mean_loss(model: MLP, X: torch.Tensor, Y: torch.Tensor, chunk: int = 65536) 
 
 @torch.no_grad()
 def sample(
-    model: MLP,
+    model: LanguageModel,
     n: int,
     *,
     generator: torch.Generator,
@@ -159,19 +186,24 @@ def sample(
 
 # ---------------------------------------------------------------------------------------------
 # Saving and loading: tensors and plain values only, read back with weights_only=True, so
-# loading a model file never unpickles code.
+# loading a model file never unpickles code. Format 2 holds a list of members' weights (one
+# for an MLP); format 1 files (one MLP's "state_dict") still load.
 
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2
 
 
-def save_model(path: Path, model: MLP, hp: HParams, itos: Sequence[str]) -> None:
-    """Write the weights, the hyperparameters and the vocabulary: all that using it needs."""
+def save_model(path: Path, model: LanguageModel, hp: HParams, itos: Sequence[str]) -> None:
+    """Write the weights (each member's, for an ensemble), the hyperparameters and the
+    vocabulary: all that using it needs. An ensemble's members share `hp` but for the seed."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    members = list(model.members) if isinstance(model, Ensemble) else [model]
     payload = {
         "format": MODEL_FORMAT,
         "hparams": hp.to_dict(),
         "itos": list(itos),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "ensemble": isinstance(model, Ensemble),
+        "state_dicts": [{k: v.detach().cpu() for k, v in m.state_dict().items()}
+                        for m in members],
     }
     torch.save(payload, path)
 
@@ -180,7 +212,7 @@ class ModelFileError(ValueError):
     """A model file that is not a harness model, or that would need code to be unpickled."""
 
 
-def load_model(path: Path) -> tuple[MLP, HParams, tuple[str, ...]]:
+def load_model(path: Path) -> tuple[LanguageModel, HParams, tuple[str, ...]]:
     """Read a file written by `save_model` (weights_only: no code is unpickled)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -188,17 +220,21 @@ def load_model(path: Path) -> tuple[MLP, HParams, tuple[str, ...]]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(f"{path}: refused to load (only tensors and plain values are "
                              f"read, never code): {first}") from None
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in (1, MODEL_FORMAT):
         raise ModelFileError(f"{path}: not a harness model file")
     hp = HParams(**payload["hparams"])
     itos = tuple(payload["itos"])
-    model = MLP.from_hparams(hp, len(itos))
-    model.load_state_dict(payload["state_dict"])
+    members = []
+    for state in payload.get("state_dicts") or [payload["state_dict"]]:
+        member = MLP.from_hparams(hp, len(itos))
+        member.load_state_dict(state)
+        members.append(member)
+    model: LanguageModel = Ensemble(members) if payload.get("ensemble") else members[0]
     model.eval()
     return model, hp, itos
 
 
-def sample_words(model: MLP, itos: Sequence[str], n: int, *, seed: int,
+def sample_words(model: LanguageModel, itos: Sequence[str], n: int, *, seed: int,
                  temperature: float = 1.0, max_length: int = 32) -> list[str]:
     """`n` words sampled from the model with a seeded generator, decoded with `itos`."""
     device = next(model.parameters()).device
@@ -207,7 +243,7 @@ def sample_words(model: MLP, itos: Sequence[str], n: int, *, seed: int,
     return ["".join(itos[i] for i in row) for row in rows]
 
 
-def ms_per_name(model: MLP, itos: Sequence[str], n: int = 20) -> float:
+def ms_per_name(model: LanguageModel, itos: Sequence[str], n: int = 20) -> float:
     """Milliseconds to sample one name on its own (one at a time, as a deployed model serves
     them), the mean over `n` names, on the model's device and the current torch threads."""
     import time
@@ -220,7 +256,7 @@ def ms_per_name(model: MLP, itos: Sequence[str], n: int = 20) -> float:
 
 
 @torch.no_grad()
-def complete(model: MLP, itos: Sequence[str], prefixes: Sequence[str], *, seed: int = 0,
+def complete(model: LanguageModel, itos: Sequence[str], prefixes: Sequence[str], *, seed: int = 0,
              max_length: int = 32) -> list[tuple[str, dict[str, float]]]:
     """For each prefix: a name sampled to complete it (seeded), and the probabilities of the
     next character ('.' ends the name). Raises ValueError on a character outside the

@@ -64,7 +64,7 @@ def _provenance(spec: StudySpec, parent_run_id: str | None) -> list[str]:
 
 
 def _final(spec: StudySpec, r: FinalResult) -> list[str]:
-    lines = [f"## Final model: trial {r.chosen_trial}, {r.n_params:,} parameters", "",
+    lines = [f"## Final model: trial {r.chosen_trial}, {r.size} parameters", "",
              (f"Picked from the Pareto front by `finalize.pick: {r.pick}`, retrained on seeds "
               if r.pick else "Chosen on mean dev loss over seeds ")
              + f"{', '.join(map(str, r.seeds))} ({r.steps:,} steps each); the test split was "
@@ -72,6 +72,9 @@ def _final(spec: StudySpec, r: FinalResult) -> list[str]:
              "| model | dev loss | test loss |", "| --- | ---: | ---: |",
              f"| MLP (this study) | {r.dev_mean:.4f} +- {r.dev_std:.4f} | "
              f"{r.test_mean:.4f} +- {r.test_std:.4f} |"]
+    if r.ensemble_test_loss is not None:
+        lines.append(f"| MLP, its {len(r.seeds)} seeds averaged (the saved model) | "
+                     f"{r.ensemble_dev_loss:.4f} | {r.ensemble_test_loss:.4f} |")
     lines += [f"| {ref.model} | {ref.dev_loss:.4f} | {ref.test_loss:.4f} |"
               for ref in r.references]
     lines += ["", "Config: " + ", ".join(f"`{k}={v}`" for k, v in r.config.items()), ""]

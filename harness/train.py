@@ -4,7 +4,8 @@ It takes hyperparameters, data and a step budget, calls `on_eval` after every ev
 returns a `TrainResult`. It knows nothing of Optuna or MLflow: the study driver adapts it.
 At chosen evaluations it hands a `TrainState` (a checkpoint) to `on_checkpoint`; given one back
 as `resume`, it continues exactly where that state was taken: on a CPU, the same losses as a run
-that was never interrupted.
+that was never interrupted. With `hp.ema_decay` > 0 the weights evaluated and returned are a
+moving average of the trained ones (`WeightAverage`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class TrainState:
     best_loss: float
     best_step: int
     best_model: dict[str, torch.Tensor]
+    averaged_model: dict[str, torch.Tensor] | None  # WeightAverage's weights; None without
     dev_curve: list[tuple[int, float]]
     train_curve: list[tuple[int, float]]
     elapsed_s: float  # wall time trained so far
@@ -141,6 +143,29 @@ class TrainResult:
             "eval_s": self.eval_s,
             "n_params": self.n_params,
         }
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (Polyak averaging), held in a copy of
+    the model that evaluations read.
+
+    Adam's steps at a high learning rate leave the weights jittering around a better point; the
+    average sits nearer it, and needs no lower rate to get there. After n steps the decay is
+    min(decay, (1 + n) / (10 + n)), so that early evaluations do not mostly see the initial
+    weights (TensorFlow's ExponentialMovingAverage with num_updates does the same).
+    """
+
+    def __init__(self, model: MLP, decay: float) -> None:
+        self.model = copy.deepcopy(model)
+        self.decay = decay
+        self._trained = list(model.parameters())
+        self._averaged = list(self.model.parameters())
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Move the average toward the weights after optimizer step `step` (1-based)."""
+        decay = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self._averaged, self._trained, 1 - decay)
 
 
 def lr_at(hp: HParams, step: int, total_steps: int) -> float:
@@ -215,6 +240,10 @@ def train(
     batch_gen = torch.Generator(device=dev).manual_seed(hp.seed)
     model = MLP.from_hparams(hp, len(data.vocab)).to(dev)
     update = make_step(step_kind, model, hp)
+    # The weights that are evaluated, kept as the best and returned: the trained ones, or
+    # their moving average.
+    average = WeightAverage(model, hp.ema_decay) if hp.ema_decay else None
+    evaluated = average.model if average is not None else model
     Xtr, Ytr = data.train.X.to(dev), data.train.Y.to(dev)  # (N, T), (N,)
     Xdev, Ydev = data.dev.X.to(dev), data.dev.Y.to(dev)
 
@@ -248,6 +277,8 @@ def train(
         Xb, Yb = draw_block(step - (step - 1) % BATCH_BLOCK - 1)
         best_loss, best_step = resume.best_loss, resume.best_step
         best_state = resume.best_model
+        if average is not None and resume.averaged_model is not None:
+            average.model.load_state_dict(resume.averaged_model)
         dev_curve, train_curve = list(resume.dev_curve), list(resume.train_curve)
         eval_time, before = resume.eval_s, resume.elapsed_s
     started = time.perf_counter() - before
@@ -262,6 +293,8 @@ def train(
         loss = update(Xb[k], Yb[k], lr)  # (B, T), (B,) -> mean minibatch loss (0-dim)
         loss_sum += loss  # no host sync per step: the loss is read only at evaluations
         step += 1
+        if average is not None:
+            average.update(step)
 
         if step % eval_every and step != steps:
             continue
@@ -272,14 +305,14 @@ def train(
         loss_sum.zero_()
         if not train_loss < limit:  # also catches NaN
             raise TrainingDiverged(step, "train loss", train_loss, limit)
-        dev_loss = mean_loss(model, Xdev, Ydev)
+        dev_loss = mean_loss(evaluated, Xdev, Ydev)
         if not dev_loss < limit:
             raise TrainingDiverged(step, "dev loss", dev_loss, limit)
         dev_curve.append((step, dev_loss))
         train_curve.append((step, train_loss))
         if dev_loss < best_loss:
             best_loss, best_step = dev_loss, step
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(evaluated.state_dict())
         eval_time += time.perf_counter() - t0
         ev = Evaluation(step, dev_loss, train_loss, lr, time.perf_counter() - started)
         if on_eval is not None and on_eval(ev):
@@ -292,7 +325,8 @@ def train(
                 update.optimizer.state_dict() if update.optimizer is not None else None,
                 torch.get_rng_state(),
                 torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-                block_rng, best_loss, best_step, best_state, list(dev_curve),
+                block_rng, best_loss, best_step, best_state,
+                average.model.state_dict() if average is not None else None, list(dev_curve),
                 list(train_curve), time.perf_counter() - started, eval_time))
 
     elapsed = time.perf_counter() - started

@@ -21,7 +21,7 @@ from harness.final import (
     plan_steps,
 )
 from harness.hparams import HParams
-from harness.model import sample_words
+from harness.model import Ensemble, mean_loss, sample_words
 from harness.spec import load_spec
 from harness.study import load_study
 
@@ -206,6 +206,32 @@ def test_saved_model_loads_without_unpickling_and_samples(write_study):
     a = sample_words(model, itos, 20, seed=0)
     assert a == sample_words(model, itos, 20, seed=0) and len(a) == 20
     assert all("." not in w and len(w) <= 32 for w in a)
+
+
+def test_an_ensemble_final_model_averages_the_chosen_configs_seeds(write_study):
+    from harness.cli import format_final
+
+    spec = load_spec(write_study(tiny_study(
+        budget={"n_trials": 1, "steps": 100, "eval_every": 50},
+        finalize={"top_k": 1, "seeds": 2, "samples": 10, "ensemble": True})))
+    run_search(spec)
+    result = finalize(spec)
+    model, hp, itos = final_model(spec)
+    assert isinstance(model, Ensemble) and len(model.members) == 2
+    # Its own figures: on dev under its members' mean (it averages their distributions), on
+    # test the saved model's loss; the test split still evaluated once.
+    assert result.ensemble_dev_loss < result.dev_mean
+    test = load_test_examples(spec.data, hp.context_length)
+    assert mean_loss(model, test.X, test.Y) == pytest.approx(result.ensemble_test_loss)
+    assert result.ensemble_test_loss not in result.test_losses
+    assert result.test_evaluations == 1 and len(result.samples) == 10
+    assert FinalResult.load(paths.study_dir("tiny") / "final.json") == result
+    run = MlflowClient(paths.tracking_uri()).get_run(result.mlflow_run_id)
+    assert run.data.metrics["ensemble_test_loss"] == pytest.approx(result.ensemble_test_loss)
+    shown = format_final(result)
+    assert f"test {result.ensemble_test_loss:.4f} (the saved model" in shown
+    assert f"2 x {result.n_params:,} parameters" in shown
+    assert len(sample_words(model, itos, 5, seed=0)) == 5
 
 
 def test_the_test_loss_is_computed_on_the_test_split(write_study, tmp_path):

@@ -2,10 +2,21 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from harness.hparams import HParams
-from harness.model import MLP, Dropout, dropout_mask, mean_loss, n_params, sample
+from harness.model import (
+    MLP,
+    Dropout,
+    Ensemble,
+    dropout_mask,
+    load_model,
+    mean_loss,
+    n_params,
+    sample,
+    save_model,
+)
 
 
 def test_lecture_model_has_11897_parameters():
@@ -57,3 +68,52 @@ def test_sample_stops_at_boundary_and_is_seeded():
     b = sample(model, 20, generator=torch.Generator().manual_seed(1), max_length=12)
     assert a == b and len(a) == 20
     assert all(0 not in s and len(s) <= 12 for s in a)
+
+
+def _members(n: int) -> list[MLP]:
+    out = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        member = MLP(vocab_size=27, context_length=3, embedding_dim=4, hidden_width=16)
+        with torch.no_grad():  # away from the near-uniform start, so members disagree
+            member.output.weight.normal_(std=0.5)
+        out.append(member.eval())
+    return out
+
+
+def test_an_ensemble_predicts_the_mean_of_its_members_distributions():
+    members = _members(3)
+    ensemble = Ensemble(members)
+    X = torch.randint(0, 27, (64, 3))
+    Y = torch.randint(0, 27, (64,))
+    with torch.no_grad():
+        mean_probs = torch.stack([m(X).softmax(-1) for m in members]).mean(0)
+        torch.testing.assert_close(ensemble(X).softmax(-1), mean_probs)
+        torch.testing.assert_close(Ensemble(members[:1])(X), members[0](X).log_softmax(-1))
+    # Its loss is the mean distribution's, at most the members' mean loss (Jensen).
+    losses = [mean_loss(m, X, Y) for m in members]
+    expected = -mean_probs[torch.arange(64), Y].log().mean().item()
+    assert mean_loss(ensemble, X, Y) == pytest.approx(expected, rel=1e-5)
+    assert mean_loss(ensemble, X, Y) < sum(losses) / 3
+
+
+def test_models_and_ensembles_save_and_load_as_they_were(tmp_path):
+    members = _members(2)
+    hp = HParams(embedding_dim=4, hidden_width=16)
+    itos = [".", *"abcdefghijklmnopqrstuvwxyz"]
+    X = torch.randint(0, 27, (8, 3))
+    save_model(tmp_path / "one.pt", members[0], hp, itos)
+    save_model(tmp_path / "two.pt", Ensemble(members), hp, itos)
+    one, hp_back, itos_back = load_model(tmp_path / "one.pt")
+    two, _, _ = load_model(tmp_path / "two.pt")
+    assert isinstance(one, MLP) and isinstance(two, Ensemble) and len(two.members) == 2
+    assert hp_back == hp and list(itos_back) == itos
+    with torch.no_grad():
+        torch.testing.assert_close(one(X), members[0](X))
+        torch.testing.assert_close(two(X), Ensemble(members)(X))
+    # A file of the first format (one MLP's "state_dict") still loads.
+    torch.save({"format": 1, "hparams": hp.to_dict(), "itos": itos,
+                "state_dict": members[1].state_dict()}, tmp_path / "old.pt")
+    old, _, _ = load_model(tmp_path / "old.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(old(X), members[1](X))
