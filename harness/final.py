@@ -394,7 +394,7 @@ def _retrain_one(hp: HParams, spec: StudySpec, steps: int, device: str,
 
 
 @dataclass(frozen=True)
-class TestEvaluation:
+class Tested:
     """Phase 5's readings of the test split."""
 
     losses: list[float]  # each seed's model of the chosen config, in seed order
@@ -404,7 +404,7 @@ class TestEvaluation:
 
 
 def evaluate_test(study: optuna.Study, spec: StudySpec, chosen: Candidate,
-                  ensemble: Ensemble | None = None) -> TestEvaluation:
+                  ensemble: Ensemble | None = None) -> Tested:
     """Phase 5: the chosen models' losses on the test split (and their `ensemble`'s), read
     here and nowhere else, and the count-based references' at the same moment. The
     evaluation is counted in the storage first."""
@@ -417,13 +417,13 @@ def evaluate_test(study: optuna.Study, spec: StudySpec, chosen: Candidate,
 
     dev_results = baseline.cached(spec.data, paths.study_dir(spec.name) / "baselines.json")
     references = baseline.test_references(spec.data, load_test_words(spec.data), dev_results)
-    return TestEvaluation([loss(m) for m in chosen.models],
+    return Tested([loss(m) for m in chosen.models],
                           loss(ensemble) if ensemble is not None else None, evaluations,
                           references)
 
 
 def record(spec: StudySpec, study: optuna.Study, pool: list[Candidate], chosen: Candidate,
-           ensemble: Ensemble | None, seeds: list[int], tested: TestEvaluation,
+           ensemble: Ensemble | None, seeds: list[int], tested: Tested,
            started: float) -> FinalResult:
     """Phase 6: save the model (the chosen config's `ensemble`, else its best seed), sample
     names, and record the result in the storage, in MLflow and in final.json."""
