@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 import harness.data
-from harness import paths, storage, trials
+from harness import paths, report, storage, trials
 from harness.coordinator import run_search
 from harness.data import SealedSplitError, load_test_examples
 from harness.final import (
@@ -231,6 +231,9 @@ def test_an_ensemble_final_model_averages_the_chosen_configs_seeds(write_study):
     shown = format_final(result)
     assert f"test {result.ensemble_test_loss:.4f} (the saved model" in shown
     assert f"2 x {result.n_params:,} parameters" in shown
+    written = report.render(spec, paths.study_dir("tiny") / "report.md")
+    assert f"| MLP, its 2 seeds averaged (the saved model) | {result.ensemble_dev_loss:.4f} | " \
+           f"{result.ensemble_test_loss:.4f} |" in written
     assert len(sample_words(model, itos, 5, seed=0)) == 5
 
 
