@@ -41,7 +41,13 @@ from optuna.trial import TrialState
 from harness import baseline, pareto, paths, plots, provenance, storage, trials
 from harness.baseline import Reference
 from harness.coordinator import threads_per_worker
-from harness.data import load_search_data, load_test_examples, load_test_words, training_words
+from harness.data import (
+    Examples,
+    load_search_data,
+    load_test_examples,
+    load_test_words,
+    training_words,
+)
 from harness.events import FinalizeObserver
 from harness.hparams import HParams
 from harness.model import (
@@ -410,16 +416,18 @@ def evaluate_test(study: optuna.Study, spec: StudySpec, chosen: Candidate,
     evaluation is counted in the storage first."""
     evaluations = storage.next_number(study, TEST_COUNTER) + 1
     test = load_test_examples(spec.data, chosen.hparams.context_length)
-
-    def loss(model: LanguageModel) -> float:
-        device = next(model.parameters()).device
-        return mean_loss(model, test.X.to(device), test.Y.to(device))
-
     dev_results = baseline.cached(spec.data, paths.study_dir(spec.name) / "baselines.json")
     references = baseline.test_references(spec.data, load_test_words(spec.data), dev_results)
-    return Tested([loss(m) for m in chosen.models],
-                          loss(ensemble) if ensemble is not None else None, evaluations,
-                          references)
+    return Tested([_loss(m, test) for m in chosen.models],
+                  _loss(ensemble, test) if ensemble is not None else None, evaluations,
+                  references)
+
+
+def _loss(model: LanguageModel, examples: Examples) -> float:
+    """`model`'s mean loss on `examples`, moved to the model's device (a GPU's, in finalize
+    on one)."""
+    device = next(model.parameters()).device
+    return mean_loss(model, examples.X.to(device), examples.Y.to(device))
 
 
 def record(spec: StudySpec, study: optuna.Study, pool: list[Candidate], chosen: Candidate,
@@ -453,8 +461,7 @@ def record(spec: StudySpec, study: optuna.Study, pool: list[Candidate], chosen: 
         started_at=_iso(started), finished_at=_iso(time.time()), commit=provenance.commit(),
         references=tuple(tested.references),
         pick=spec.finalize.pick.as_written() if spec.finalize.pick else None,
-        ensemble_dev_loss=None if ensemble is None else mean_loss(ensemble, data.dev.X,
-                                                                  data.dev.Y),
+        ensemble_dev_loss=None if ensemble is None else _loss(ensemble, data.dev),
         ensemble_test_loss=tested.ensemble_loss)
     figure = plots.embeddings(best_model.embedding.weight, itos,
                               out_dir / "plots" / "embeddings.png")
