@@ -141,6 +141,8 @@ def describe_pick(rule: PickRule) -> str:
 
 def format_final(r: FinalResult) -> str:
     """The finalize report: a person reads it at a glance."""
+    from harness import report
+
     lines = [f"final model of study {r.study} (trial {r.chosen_trial}, {r.size} parameters)",
              *([f"  picked:    from the Pareto front by finalize.pick {r.pick}"] if r.pick else []),
              "  candidates (dev loss, mean +- std over seeds "
@@ -152,10 +154,14 @@ def format_final(r: FinalResult) -> str:
                  if r.test_evaluations > 1 else "")
     lines += [f"  dev loss   {r.dev_mean:.4f} +- {r.dev_std:.4f}",
               f"  test loss  {r.test_mean:.4f} +- {r.test_std:.4f}{evaluated}"]
+    if r.trial_model_test_loss is not None:
+        lines.append(f"  trial's    dev {r.trial_model_dev_loss:.4f}, test "
+                     f"{r.trial_model_test_loss:.4f} (trial {r.chosen_trial}'s own model, "
+                     f"seed {r.trial_model_seed}, trained in the search)")
     if r.ensemble_test_loss is not None:
         lines.append(f"  ensemble   dev {r.ensemble_dev_loss:.4f}, test "
-                     f"{r.ensemble_test_loss:.4f} (the saved model: the {len(r.seeds)} seeds' "
-                     "models averaged)")
+                     f"{r.ensemble_test_loss:.4f} (the saved model: {report.ensemble_members(r)} "
+                     "averaged)")
     for ref in r.references:  # scored on test at the same moment: test beside test
         lines.append(f"  reference  {ref.model}: dev {ref.dev_loss:.4f}, test {ref.test_loss:.4f}")
     lines += ["  config:    " + ", ".join(f"{k}={v}" for k, v in r.config.items())]
@@ -323,7 +329,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         from harness.final import FinalResult  # the result as recorded; nothing is evaluated
 
         r = FinalResult.from_dict(final)
-        ensemble = (f", ensemble of the seeds {r.ensemble_test_loss:.4f}"
+        ensemble = (f", ensemble of {r.members} models {r.ensemble_test_loss:.4f}"
                     if r.ensemble_test_loss is not None else "")
         print(f"  final:   test {r.test_mean:.4f} +- {r.test_std:.4f}{ensemble} (trial "
               f"{r.chosen_trial}), the test split evaluated {r.test_evaluations} time(s)")

@@ -9,9 +9,10 @@
 3. retrain: each candidate with the same `train` function on fresh seeds 1..`finalize.seeds`,
    for `finalize.steps` (or as many steps as fit in `finalize.minutes` at the speed its trial
    measured), here or in spawned processes;
-4. choose: the candidate with the lowest *mean* dev loss, so one lucky seed cannot win; the
-   final model is its best seed's, or with `finalize.ensemble` all its seeds' models averaged
-   (no retraining is thrown away);
+4. choose: the candidate with the lowest *mean* dev loss over the fresh seeds, so one lucky
+   seed cannot win; the final model is its best seed's, or with `finalize.ensemble` all its
+   seeds' models averaged, and its trial's own model from the search with them when the
+   trial ran as many steps (no training is thrown away, and its lucky seed decides nothing);
 5. test: only then is the test split read, for the chosen models; each evaluation is counted
    in the storage before it happens;
 6. record: `FinalResult` in the study's storage, a final MLflow run under the study's run, and
@@ -28,6 +29,7 @@ import logging
 import multiprocessing
 import re
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -62,7 +64,7 @@ from harness.model import (
 )
 from harness.spec import StudySpec
 from harness.study import load_study, open_tracker
-from harness.tracking import FAILED, FINISHED
+from harness.tracking import FAILED, FINISHED, RunArtifacts
 from harness.train import train
 
 log = logging.getLogger(__name__)
@@ -134,15 +136,26 @@ class FinalResult:
     # (model_seed and model_test_loss are then its best single seed's); its dev and test loss.
     ensemble_dev_loss: float | None = None
     ensemble_test_loss: float | None = None
+    # The chosen trial's own model (its seed, trained in the search), a member of that
+    # ensemble when it was kept; None otherwise. Its dev loss is read again, not the trial's.
+    trial_model_seed: int | None = None
+    trial_model_dev_loss: float | None = None
+    trial_model_test_loss: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @property
+    def members(self) -> int:
+        """Models in the saved one: the seeds' (and the trial's own) for an ensemble, else 1."""
+        if self.ensemble_test_loss is None:
+            return 1
+        return len(self.seeds) + (self.trial_model_seed is not None)
+
+    @property
     def size(self) -> str:
-        """The saved model's parameters, in words: "12,345", or "2 x 12,345" (an ensemble)."""
-        members = f"{len(self.seeds)} x " if self.ensemble_test_loss is not None else ""
-        return f"{members}{self.n_params:,}"
+        """The saved model's parameters, in words: "12,345", or "3 x 12,345" (an ensemble)."""
+        return f"{self.members} x {self.n_params:,}" if self.members > 1 else f"{self.n_params:,}"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinalResult:
@@ -217,6 +230,26 @@ class Retrained:
     eval_s: float
 
 
+@dataclass(frozen=True)
+class TrialModel:
+    """The chosen trial's own model, trained in the search (see `study.keep_trial_model`)."""
+
+    seed: int
+    dev_loss: float  # read again on dev here
+    model: MLP
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Phase 4's outcome: the chosen candidate and, with finalize.ensemble, the ensemble of its
+    seeds' models (and its trial's own, `trial_model`) with its dev loss."""
+
+    candidate: Candidate
+    ensemble: Ensemble | None = None
+    ensemble_dev_loss: float | None = None
+    trial_model: TrialModel | None = None
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
@@ -241,10 +274,9 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", worke
         cand.steps = plan_steps(cand, spec)
     seeds = list(range(1, spec.finalize.seeds + 1))
     retrain(spec, pool, seeds, device=device, workers=workers, observer=observer)
-    chosen = min(pool, key=lambda c: c.dev_mean)
-    ensemble = Ensemble(chosen.models) if spec.finalize.ensemble else None
-    tested = evaluate_test(study, spec, chosen, ensemble)
-    return record(spec, study, pool, chosen, ensemble, seeds, tested, started)
+    choice = choose(spec, study, pool, seeds)
+    tested = evaluate_test(study, spec, choice)
+    return record(spec, study, pool, choice, seeds, tested, started)
 
 
 def _claim(study: optuna.Study, force: bool) -> None:
@@ -399,27 +431,79 @@ def _retrain_one(hp: HParams, spec: StudySpec, steps: int, device: str,
             result.elapsed_s - result.eval_s, result.eval_s)
 
 
+def choose(spec: StudySpec, study: optuna.Study, pool: list[Candidate],
+           seeds: Sequence[int]) -> Choice:
+    """Phase 4: the candidate with the lowest mean dev loss over the fresh `seeds`; with
+    finalize.ensemble, its models averaged, its trial's own model among them when it can be
+    used (`trial_model`)."""
+    chosen = min(pool, key=lambda c: c.dev_mean)
+    if not spec.finalize.ensemble:
+        return Choice(chosen)
+    kept = trial_model(spec, study, chosen, seeds)
+    ensemble = Ensemble(chosen.models + ([kept.model] if kept else []))
+    dev = load_search_data(spec.data, chosen.hparams.context_length).dev
+    return Choice(chosen, ensemble, _loss(ensemble, dev), kept)
+
+
+def trial_model(spec: StudySpec, study: optuna.Study, cand: Candidate,
+                seeds: Sequence[int]) -> TrialModel | None:
+    """The candidate's trial's own model, as its MLflow run keeps it, on the device of the
+    candidate's retrained models; None (and why, logged) when it cannot stand beside them:
+    a trial of an earlier study, one that ran other steps than the retrainings, a seed that
+    was retrained anyway, or no readable model in its run."""
+    from harness.study import TRIAL_MODEL_ARTIFACT
+
+    r = trials.records(study)[cand.trial]
+    seed = r.hparams.get("seed")
+    why = ("it is an earlier study's (warm_start)" if r.warm_from else
+           f"it ran {r.steps} steps, the retrainings {cand.steps}" if r.steps != cand.steps else
+           f"its seed {seed} is among the retrained ones" if seed in seeds else
+           "its run is not recorded" if not r.mlflow_run_id else None)
+    if why is None:
+        assert r.mlflow_run_id is not None
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = RunArtifacts(open_tracker(spec), r.mlflow_run_id).download(
+                    TRIAL_MODEL_ARTIFACT, Path(tmp))
+                loaded = load_model(path) if path is not None else None
+            except Exception as exc:  # unreadable file, store unreachable, run gone
+                why, loaded = f"its model cannot be read ({exc})", None
+        if loaded is None:
+            why = why or "its run keeps no model"
+        elif not isinstance(loaded[0], MLP) or loaded[1] != HParams(**r.hparams):
+            why = "its run keeps a model of another config"
+        else:
+            device = next(cand.models[0].parameters()).device
+            model = loaded[0].to(device)
+            dev = load_search_data(spec.data, cand.hparams.context_length).dev
+            return TrialModel(seed, _loss(model, dev), model)
+    log.warning("trial %d's own model is not in the final ensemble: %s", cand.trial, why)
+    return None
+
+
 @dataclass(frozen=True)
 class Tested:
     """Phase 5's readings of the test split."""
 
     losses: list[float]  # each seed's model of the chosen config, in seed order
     ensemble_loss: float | None  # their ensemble's (finalize.ensemble), else None
+    trial_model_loss: float | None  # the chosen trial's own model's, when in the ensemble
     evaluations: int  # the study's count of test evaluations, this one included
     references: list[Reference]  # the count-based models', at the same moment
 
 
-def evaluate_test(study: optuna.Study, spec: StudySpec, chosen: Candidate,
-                  ensemble: Ensemble | None = None) -> Tested:
-    """Phase 5: the chosen models' losses on the test split (and their `ensemble`'s), read
-    here and nowhere else, and the count-based references' at the same moment. The
-    evaluation is counted in the storage first."""
+def evaluate_test(study: optuna.Study, spec: StudySpec, choice: Choice) -> Tested:
+    """Phase 5: the chosen models' losses on the test split (and their ensemble's), read here
+    and nowhere else, and the count-based references' at the same moment. The evaluation is
+    counted in the storage first."""
     evaluations = storage.next_number(study, TEST_COUNTER) + 1
+    chosen, kept = choice.candidate, choice.trial_model
     test = load_test_examples(spec.data, chosen.hparams.context_length)
     dev_results = baseline.cached(spec.data, paths.study_dir(spec.name) / "baselines.json")
     references = baseline.test_references(spec.data, load_test_words(spec.data), dev_results)
     return Tested([_loss(m, test) for m in chosen.models],
-                  _loss(ensemble, test) if ensemble is not None else None, evaluations,
+                  _loss(choice.ensemble, test) if choice.ensemble is not None else None,
+                  _loss(kept.model, test) if kept is not None else None, evaluations,
                   references)
 
 
@@ -430,11 +514,11 @@ def _loss(model: LanguageModel, examples: Examples) -> float:
     return mean_loss(model, examples.X.to(device), examples.Y.to(device))
 
 
-def record(spec: StudySpec, study: optuna.Study, pool: list[Candidate], chosen: Candidate,
-           ensemble: Ensemble | None, seeds: list[int], tested: Tested,
-           started: float) -> FinalResult:
-    """Phase 6: save the model (the chosen config's `ensemble`, else its best seed), sample
+def record(spec: StudySpec, study: optuna.Study, pool: list[Candidate], choice: Choice,
+           seeds: list[int], tested: Tested, started: float) -> FinalResult:
+    """Phase 6: save the model (the chosen config's ensemble, else its best seed), sample
     names, and record the result in the storage, in MLflow and in final.json."""
+    chosen, ensemble, kept = choice.candidate, choice.ensemble, choice.trial_model
     test_losses = tested.losses
     best = min(range(len(seeds)), key=lambda j: chosen.dev_losses[j])
     best_model, model_hp = chosen.models[best], _seeded(chosen, seeds[best])
@@ -461,8 +545,10 @@ def record(spec: StudySpec, study: optuna.Study, pool: list[Candidate], chosen: 
         started_at=_iso(started), finished_at=_iso(time.time()), commit=provenance.commit(),
         references=tuple(tested.references),
         pick=spec.finalize.pick.as_written() if spec.finalize.pick else None,
-        ensemble_dev_loss=None if ensemble is None else _loss(ensemble, data.dev),
-        ensemble_test_loss=tested.ensemble_loss)
+        ensemble_dev_loss=choice.ensemble_dev_loss, ensemble_test_loss=tested.ensemble_loss,
+        trial_model_seed=kept.seed if kept else None,
+        trial_model_dev_loss=kept.dev_loss if kept else None,
+        trial_model_test_loss=tested.trial_model_loss)
     figure = plots.embeddings(best_model.embedding.weight, itos,
                               out_dir / "plots" / "embeddings.png")
     result = dataclasses.replace(result, mlflow_run_id=_track(spec, study, result,
@@ -503,6 +589,9 @@ def _track(spec: StudySpec, study: optuna.Study, result: FinalResult,
         if result.ensemble_test_loss is not None:
             figures |= {"ensemble_dev_loss": result.ensemble_dev_loss,
                         "ensemble_test_loss": result.ensemble_test_loss}
+        if result.trial_model_test_loss is not None:
+            figures |= {"trial_model_dev_loss": result.trial_model_dev_loss,
+                        "trial_model_test_loss": result.trial_model_test_loss}
         for ref in result.references:  # e.g. reference_test_loss.kneser-ney_6-gram
             key = re.sub(r"[^a-z0-9-]+", "_", ref.model.lower()).strip("_")
             figures |= {f"reference_dev_loss.{key}": ref.dev_loss,

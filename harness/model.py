@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -194,7 +195,9 @@ MODEL_FORMAT = 2
 
 def save_model(path: Path, model: LanguageModel, hp: HParams, itos: Sequence[str]) -> None:
     """Write the weights (each member's, for an ensemble), the hyperparameters and the
-    vocabulary: all that using it needs. An ensemble's members share `hp` but for the seed."""
+    vocabulary: all that using it needs. An ensemble's members share `hp` but for the seed.
+    The file is replaced whole (written beside it, then renamed): a process killed mid-write
+    leaves the previous file, never a cut-off one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     members = list(model.members) if isinstance(model, Ensemble) else [model]
     payload = {
@@ -205,7 +208,13 @@ def save_model(path: Path, model: LanguageModel, hp: HParams, itos: Sequence[str
         "state_dicts": [{k: v.detach().cpu() for k, v in m.state_dict().items()}
                         for m in members],
     }
-    torch.save(payload, path)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        torch.save(payload, partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 class ModelFileError(ValueError):

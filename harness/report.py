@@ -63,6 +63,12 @@ def _provenance(spec: StudySpec, parent_run_id: str | None) -> list[str]:
     return [*lines, ""]
 
 
+def ensemble_members(r: FinalResult) -> str:
+    """What the final ensemble averages, in words."""
+    trial = f" and trial {r.chosen_trial}'s own" if r.trial_model_seed is not None else ""
+    return f"the {len(r.seeds)} seeds' models{trial}"
+
+
 def _final(spec: StudySpec, r: FinalResult) -> list[str]:
     lines = [f"## Final model: trial {r.chosen_trial}, {r.size} parameters", "",
              (f"Picked from the Pareto front by `finalize.pick: {r.pick}`, retrained on seeds "
@@ -72,8 +78,11 @@ def _final(spec: StudySpec, r: FinalResult) -> list[str]:
              "| model | dev loss | test loss |", "| --- | ---: | ---: |",
              f"| MLP (this study) | {r.dev_mean:.4f} +- {r.dev_std:.4f} | "
              f"{r.test_mean:.4f} +- {r.test_std:.4f} |"]
+    if r.trial_model_test_loss is not None:
+        lines.append(f"| MLP, trial {r.chosen_trial}'s own (seed {r.trial_model_seed}, from the "
+                     f"search) | {r.trial_model_dev_loss:.4f} | {r.trial_model_test_loss:.4f} |")
     if r.ensemble_test_loss is not None:
-        lines.append(f"| MLP, its {len(r.seeds)} seeds averaged (the saved model) | "
+        lines.append(f"| MLP, {ensemble_members(r)} averaged (the saved model) | "
                      f"{r.ensemble_dev_loss:.4f} | {r.ensemble_test_loss:.4f} |")
     lines += [f"| {ref.model} | {ref.dev_loss:.4f} | {ref.test_loss:.4f} |"
               for ref in r.references]

@@ -32,6 +32,7 @@ A study file has these top-level keys (all but `search` optional)::
     tracking: {uri: null, experiment: null}
     finalize: {enabled: true, top_k: 3, seeds: 3, steps: null, minutes: null, samples: 20,
                ensemble: false}               # true: the final model averages all seeds' models
+                                                      # and the chosen trial's own
     registry: {enabled: true, name: null}   # the final model's registered name (null: name)
     objective:                        # absent: minimize dev loss, no constraints
       minimize: dev_loss              # or pareto: [dev_loss, n_params] (or train_seconds),
@@ -248,7 +249,7 @@ class FinalizeSpec:
     minutes: float | None = None
     samples: int = 20  # names sampled from the final model and logged
     # The final model: the chosen config's best seed (false), or the average of its models
-    # over all seeds (true: an ensemble, seeds x the parameters, its own dev and test loss).
+    # over all seeds and its trial's own model (true: an ensemble, its own dev and test loss).
     ensemble: bool = False
     # Pareto mode only, and required there: `knee`, or {max_<metric>: limit} for the
     # objective's Pareto metric, e.g. {max_n_params: 80000}. The one picked trial is the

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import socket
+import tempfile
 import time
 import uuid
 import warnings
@@ -31,7 +32,7 @@ from harness.checkpoints import CheckpointStore
 from harness.data import DataError, load_search_data, sealed_test_split, summarize
 from harness.events import SearchObserver
 from harness.hparams import HParams
-from harness.model import MLP, ms_per_name, n_params
+from harness.model import MLP, ms_per_name, n_params, save_model
 from harness.redact import redact
 from harness.samplers import build_pruner, build_sampler, fit
 from harness.spec import CategoricalParam, FloatParam, IntParam, Param, StudySpec, iter_params
@@ -418,7 +419,7 @@ class _Objective:
             _close_failed(trial, run, exc)
             raise
 
-        record = self._record(trial, run, result, clock, before_train)
+        record = self._record(trial, run, hp, data.vocab.itos, result, clock, before_train)
         if result.stopped_early:
             raise optuna.TrialPruned(f"pruned at step {result.steps}")
         values = _objective_values(spec, record)
@@ -445,10 +446,11 @@ class _Objective:
                 report(step, dev_loss)
         return run, report
 
-    def _record(self, trial: optuna.Trial, run: ChildRun, result: TrainResult, clock: _Clock,
+    def _record(self, trial: optuna.Trial, run: ChildRun, hp: HParams, itos: Sequence[str],
+                result: TrainResult, clock: _Clock,
                 before_train: dict[str, float]) -> TrialRecord:
-        """Store what training found, judge the constraints, close the run, store where the
-        time went. Returns the trial's figures."""
+        """Store what training found, judge the constraints, keep a complete trial's model,
+        close the run, store where the time went. Returns the trial's figures."""
         record = TrialRecord(
             value=result.best_dev_loss, best_dev_loss=result.best_dev_loss,
             best_step=result.best_step, steps=result.steps, last_dev_loss=result.dev_loss,
@@ -464,6 +466,8 @@ class _Objective:
         figures = {"best_dev_loss": result.best_dev_loss, "n_params": result.n_params,
                    "steps_per_sec": result.steps_per_sec}
         with clock("tracking"):
+            if not result.stopped_early:
+                keep_trial_model(run, result.model, hp, itos)
             run.finish(KILLED if result.stopped_early else FINISHED, figures,
                        tags={"harness.state": "PRUNED" if result.stopped_early else "COMPLETE"})
         trials.write(trial, TrialRecord(times=_times(clock, before_train, result)))
@@ -559,6 +563,20 @@ class _Objective:
             log.info("trial %d resumes trial %d from its checkpoint at step %d", trial.number,
                      origin, state.step)
         return state
+
+
+# A complete trial's model (its best evaluation's weights, a model file): an artifact of its
+# MLflow run, so the UI offers it and finalize, on any machine that reaches the tracking
+# store, can make it a member of the final ensemble instead of training that seed again.
+TRIAL_MODEL_ARTIFACT = "model.pt"
+
+
+def keep_trial_model(run: ChildRun, model: MLP, hp: HParams, itos: Sequence[str]) -> None:
+    """Log `model` as the run's `TRIAL_MODEL_ARTIFACT`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / TRIAL_MODEL_ARTIFACT
+        save_model(path, model, hp, itos)
+        run.log_artifact(path)
 
 
 def _times(clock: _Clock, before_train: dict[str, float],

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 # MLflow prints "View run ... at: URL" to stdout after every run on a tracking server; the
 # harness prints the one address that matters itself.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# ... and a progress bar for every artifact it downloads (a checkpoint, a trial's model).
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 T = TypeVar("T")
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 import harness.data
@@ -21,7 +23,7 @@ from harness.final import (
     plan_steps,
 )
 from harness.hparams import HParams
-from harness.model import Ensemble, mean_loss, sample_words
+from harness.model import Ensemble, load_model, mean_loss, sample_words
 from harness.spec import load_spec
 from harness.study import load_study
 
@@ -217,24 +219,67 @@ def test_an_ensemble_final_model_averages_the_chosen_configs_seeds(write_study):
     run_search(spec)
     result = finalize(spec)
     model, hp, itos = final_model(spec)
-    assert isinstance(model, Ensemble) and len(model.members) == 2
+    # The 2 retrained seeds' models and, trained in the search on seed 0, the trial's own.
+    assert isinstance(model, Ensemble) and len(model.members) == 3 == result.members
+    trial = trials.records(load_study(spec))[result.chosen_trial]
+    assert result.trial_model_seed == trial.hparams["seed"] == 0 not in result.seeds
+    assert result.trial_model_dev_loss == pytest.approx(trial.value, abs=1e-4)
+    kept = MlflowClient(paths.tracking_uri()).download_artifacts(trial.mlflow_run_id,
+                                                                 "model.pt", str(paths.root()))
+    kept_model, kept_hp, _ = load_model(Path(kept))
+    assert kept_hp.to_dict() == trial.hparams
+    for name, weight in kept_model.state_dict().items():
+        assert torch.equal(model.members[2].state_dict()[name], weight)
     # Its own figures: on dev under its members' mean (it averages their distributions), on
     # test the saved model's loss; the test split still evaluated once.
-    assert result.ensemble_dev_loss < result.dev_mean
+    assert result.ensemble_dev_loss < min(result.dev_mean, result.trial_model_dev_loss)
     test = load_test_examples(spec.data, hp.context_length)
     assert mean_loss(model, test.X, test.Y) == pytest.approx(result.ensemble_test_loss)
+    assert mean_loss(kept_model, test.X, test.Y) == pytest.approx(result.trial_model_test_loss)
     assert result.ensemble_test_loss not in result.test_losses
     assert result.test_evaluations == 1 and len(result.samples) == 10
     assert FinalResult.load(paths.study_dir("tiny") / "final.json") == result
     run = MlflowClient(paths.tracking_uri()).get_run(result.mlflow_run_id)
     assert run.data.metrics["ensemble_test_loss"] == pytest.approx(result.ensemble_test_loss)
+    assert run.data.metrics["trial_model_test_loss"] == pytest.approx(
+        result.trial_model_test_loss)
     shown = format_final(result)
-    assert f"test {result.ensemble_test_loss:.4f} (the saved model" in shown
-    assert f"2 x {result.n_params:,} parameters" in shown
+    assert f"test {result.ensemble_test_loss:.4f} (the saved model: the 2 seeds' models and " \
+           f"trial {result.chosen_trial}'s own" in shown
+    assert f"3 x {result.n_params:,} parameters" in shown
     written = report.render(spec, paths.study_dir("tiny") / "report.md")
-    assert f"| MLP, its 2 seeds averaged (the saved model) | {result.ensemble_dev_loss:.4f} | " \
-           f"{result.ensemble_test_loss:.4f} |" in written
+    assert f"| MLP, the 2 seeds' models and trial {result.chosen_trial}'s own averaged (the " \
+           f"saved model) | {result.ensemble_dev_loss:.4f} | {result.ensemble_test_loss:.4f} |" \
+           in written
     assert len(sample_words(model, itos, 5, seed=0)) == 5
+
+
+@pytest.mark.parametrize("why", ["other steps", "seed retrained", "damaged", "missing"])
+def test_a_trial_model_that_cannot_stand_beside_the_seeds_is_left_out(write_study, why,
+                                                                       caplog):
+    """The ensemble takes the trial's own model only as the retrainings' peer: the same
+    steps, a seed not retrained, a readable file; else it averages the seeds alone."""
+    study = tiny_study(budget={"n_trials": 1, "steps": 100, "eval_every": 50},
+                       finalize={"top_k": 1, "seeds": 2, "samples": 0, "ensemble": True})
+    if why == "other steps":
+        study["finalize"]["steps"] = 50
+    if why == "seed retrained":
+        study["fixed"]["seed"] = 2
+    spec = load_spec(write_study(study))
+    run_search(spec)
+    trial = trials.records(load_study(spec))[0]
+    kept = Path(MlflowClient(paths.tracking_uri()).get_run(trial.mlflow_run_id)
+                .info.artifact_uri.removeprefix("file://"), "model.pt")
+    assert kept.is_file()
+    if why == "damaged":  # cut off
+        kept.write_bytes(kept.read_bytes()[:1000])
+    if why == "missing":
+        kept.unlink()
+    result = finalize(spec)
+    model, _, _ = final_model(spec)
+    assert len(model.members) == 2 == result.members
+    assert result.trial_model_seed is None and result.trial_model_test_loss is None
+    assert "trial 0's own model is not in the final ensemble" in caplog.text
 
 
 def test_the_test_loss_is_computed_on_the_test_split(write_study, tmp_path):

@@ -117,3 +117,27 @@ def test_models_and_ensembles_save_and_load_as_they_were(tmp_path):
     old, _, _ = load_model(tmp_path / "old.pt")
     with torch.no_grad():
         torch.testing.assert_close(old(X), members[1](X))
+
+
+def test_a_save_killed_mid_write_leaves_the_previous_model_file(tmp_path, monkeypatch):
+    members = _members(2)
+    hp = HParams(embedding_dim=4, hidden_width=16)
+    itos = [".", *"abcdefghijklmnopqrstuvwxyz"]
+    path = tmp_path / "model.pt"
+    save_model(path, members[0], hp, itos)
+    real_save = torch.save
+
+    def killed(payload, f):  # writes part of the file, then the process "dies"
+        real_save(payload, f)
+        with open(f, "r+b") as out:
+            out.truncate(100)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(path, Ensemble(members), hp, itos)
+    model, _, _ = load_model(path)
+    X = torch.randint(0, 27, (8, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), members[0](X))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]

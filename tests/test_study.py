@@ -124,6 +124,11 @@ def test_pruned_and_diverged_trials_are_recorded_and_the_study_goes_on(write_stu
     status = {r.data.params["trial_number"]: r.info.status for r in runs}
     expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
     assert status == {str(t.number): expected[t.state.name] for t in study.trials}
+    # Complete trials keep their model (finalize may average it in); the others keep none.
+    kept = {r.data.params["trial_number"]: [a.path for a in client.list_artifacts(r.info.run_id)]
+            for r in runs}
+    assert {n for n, files in kept.items() if "model.pt" in files} == {
+        str(t.number) for t in study.trials if t.state.name == "COMPLETE"}
 
     df = build(study)
     assert list(df["state"]) == sorted(df["state"], key=["COMPLETE", "PRUNED", "FAIL"].index)
