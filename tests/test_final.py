@@ -210,8 +210,8 @@ def test_saved_model_loads_without_unpickling_and_samples(write_study):
     assert all("." not in w and len(w) <= 32 for w in a)
 
 
-def test_an_ensemble_final_model_averages_the_chosen_configs_seeds(write_study):
-    from harness.cli import format_final
+def test_an_ensemble_final_model_averages_the_chosen_configs_seeds(write_study, capsys):
+    from harness.cli import format_final, main
 
     spec = load_spec(write_study(tiny_study(
         budget={"n_trials": 1, "steps": 100, "eval_every": 50},
@@ -252,6 +252,9 @@ def test_an_ensemble_final_model_averages_the_chosen_configs_seeds(write_study):
            f"saved model) | {result.ensemble_dev_loss:.4f} | {result.ensemble_test_loss:.4f} |" \
            in written
     assert len(sample_words(model, itos, 5, seed=0)) == 5
+    capsys.readouterr()
+    assert main(["status", str(spec.source)]) == 0
+    assert f"ensemble of 3 models {result.ensemble_test_loss:.4f}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("why", ["other steps", "seed retrained", "damaged", "missing"])
