@@ -2,9 +2,10 @@
 
 Each trial: suggest hyperparameters from the spec's space -> train() with a callback that logs to
 MLflow and reports to the pruner -> its state and figures stored in Optuna (a TrialRecord) and
-MLflow. A trial whose worker died, was interrupted, or lost its tracking server is failed and
-re-queued, and does not count against budget.n_trials. This module never touches the test
-split: workers run with it sealed.
+MLflow, and a complete trial's model kept in its MLflow run (`keep_trial_model`). A trial whose
+worker died, was interrupted, or lost its tracking server is failed and re-queued, and does not
+count against budget.n_trials. This module never touches the test split: workers run with it
+sealed.
 """
 
 from __future__ import annotations
