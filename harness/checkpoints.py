@@ -15,13 +15,13 @@ starts from step 0 and never crashes on it.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
+from harness import paths
 from harness.train import TrainState
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,7 @@ class CheckpointStore:
         """Replace trial `key`'s checkpoint with `state`, atomically."""
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.path(key)
-        partial = final.with_name(f"{final.name}.{os.getpid()}.partial")
-        torch.save(state.to_dict(), partial)
-        os.replace(partial, final)
+        paths.replace_whole(final, lambda partial: torch.save(state.to_dict(), partial))
         if self.remote is not None:
             self.remote.upload(final, ARTIFACT_DIR)
 

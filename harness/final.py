@@ -451,34 +451,39 @@ def trial_model(spec: StudySpec, study: optuna.Study, cand: Candidate,
     candidate's retrained models; None (and why, logged) when it cannot stand beside them:
     a trial of an earlier study, one that ran other steps than the retrainings, a seed that
     was retrained anyway, or no readable model in its run."""
-    from harness.study import TRIAL_MODEL_ARTIFACT
-
     r = trials.records(study)[cand.trial]
     seed = r.hparams.get("seed")
     why = ("it is an earlier study's (warm_start)" if r.warm_from else
            f"it ran {r.steps} steps, the retrainings {cand.steps}" if r.steps != cand.steps else
-           f"its seed {seed} is among the retrained ones" if seed in seeds else
-           "its run is not recorded" if not r.mlflow_run_id else None)
-    if why is None:
-        assert r.mlflow_run_id is not None
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                path = RunArtifacts(open_tracker(spec), r.mlflow_run_id).download(
-                    TRIAL_MODEL_ARTIFACT, Path(tmp))
-                loaded = load_model(path) if path is not None else None
-            except Exception as exc:  # unreadable file, store unreachable, run gone
-                why, loaded = f"its model cannot be read ({exc})", None
-        if loaded is None:
-            why = why or "its run keeps no model"
-        elif not isinstance(loaded[0], MLP) or loaded[1] != HParams(**r.hparams):
-            why = "its run keeps a model of another config"
-        else:
-            device = next(cand.models[0].parameters()).device
-            model = loaded[0].to(device)
-            dev = load_search_data(spec.data, cand.hparams.context_length).dev
-            return TrialModel(seed, _loss(model, dev), model)
-    log.warning("trial %d's own model is not in the final ensemble: %s", cand.trial, why)
-    return None
+           f"its seed {seed} is among the retrained ones" if seed in seeds else None)
+    model, why = (None, why) if why else _kept_model(spec, r)
+    if model is None:
+        log.warning("trial %d's own model is not in the final ensemble: %s", cand.trial, why)
+        return None
+    model = model.to(next(cand.models[0].parameters()).device)
+    dev = load_search_data(spec.data, cand.hparams.context_length).dev
+    return TrialModel(seed, _loss(model, dev), model)
+
+
+def _kept_model(spec: StudySpec, r: trials.TrialRecord) -> tuple[MLP | None, str | None]:
+    """The model trial `r`'s MLflow run keeps (on the CPU), or None and why not."""
+    from harness.study import TRIAL_MODEL_ARTIFACT
+
+    if not r.mlflow_run_id:
+        return None, "its run is not recorded"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = RunArtifacts(open_tracker(spec), r.mlflow_run_id).download(
+                TRIAL_MODEL_ARTIFACT, Path(tmp))
+            loaded = load_model(path) if path is not None else None
+        except Exception as exc:  # unreadable file, store unreachable, run gone
+            return None, f"its model cannot be read ({exc})"
+    if loaded is None:
+        return None, "its run keeps no model"
+    model, hp, _ = loaded
+    if not isinstance(model, MLP) or hp != HParams(**r.hparams):
+        return None, "its run keeps a model of another config"
+    return model, None
 
 
 @dataclass(frozen=True)
@@ -522,8 +527,7 @@ def record(spec: StudySpec, study: optuna.Study, pool: list[Candidate], choice: 
     test_losses = tested.losses
     best = min(range(len(seeds)), key=lambda j: chosen.dev_losses[j])
     best_model, model_hp = chosen.models[best], _seeded(chosen, seeds[best])
-    data = load_search_data(spec.data, model_hp.context_length)
-    itos = data.vocab.itos
+    itos = load_search_data(spec.data, model_hp.context_length).vocab.itos
     model: LanguageModel = best_model if ensemble is None else ensemble
     out_dir = paths.study_dir(spec.name)
     model_path = out_dir / "model.pt"

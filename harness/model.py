@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from harness import paths
 from harness.hparams import HParams
 
 # Gain for tanh layers (Kaiming et al.): keeps pre-activations near unit scale so tanh does not
@@ -208,13 +208,7 @@ def save_model(path: Path, model: LanguageModel, hp: HParams, itos: Sequence[str
         "state_dicts": [{k: v.detach().cpu() for k, v in m.state_dict().items()}
                         for m in members],
     }
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    try:
-        torch.save(payload, partial)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    paths.replace_whole(path, lambda partial: torch.save(payload, partial))
 
 
 class ModelFileError(ValueError):

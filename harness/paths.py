@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -31,6 +32,19 @@ def artifacts_uri(experiment: str) -> str:
 def journal_path() -> Path:
     """The embedded Optuna storage file."""
     return root() / "optuna.journal"
+
+
+def replace_whole(path: Path, write: Callable[[Path], None]) -> None:
+    """Replace `path` by what `write` writes, whole: it writes a file beside it, which is then
+    renamed over it, so a process killed mid-write leaves the previous file, never a cut-off
+    one (a write that raises removes its partial file)."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def study_dir(name: str) -> Path:

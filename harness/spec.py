@@ -31,8 +31,8 @@ A study file has these top-level keys (all but `search` optional)::
     storage: null                     # default: embedded journal file under mlruns/
     tracking: {uri: null, experiment: null}
     finalize: {enabled: true, top_k: 3, seeds: 3, steps: null, minutes: null, samples: 20,
-               ensemble: false}               # true: the final model averages all seeds' models
-                                                      # and the chosen trial's own
+               ensemble: false}       # true: the final model averages all seeds' models and
+                                      # the chosen trial's own
     registry: {enabled: true, name: null}   # the final model's registered name (null: name)
     objective:                        # absent: minimize dev loss, no constraints
       minimize: dev_loss              # or pareto: [dev_loss, n_params] (or train_seconds),
