@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import paths
 from harness.data import BOUNDARY, DataConfig, Vocab, read_words, split_words
 
 log = logging.getLogger(__name__)
@@ -150,11 +151,11 @@ def test_references(cfg: DataConfig, test_words: Sequence[str],
 
 
 def save(results: Sequence[BaselineResult], path: Path) -> None:
-    """Write the results as JSON (written whole, then renamed into place)."""
+    """Write the results as JSON, whole (`paths.replace_whole`: two processes saving at once
+    each write their own partial file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    text = json.dumps([asdict(r) for r in results], indent=2) + "\n"
+    paths.replace_whole(path, lambda partial: partial.write_text(text, encoding="utf-8"))
 
 
 def cached(cfg: DataConfig, path: Path) -> list[BaselineResult]:

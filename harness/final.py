@@ -169,7 +169,8 @@ class FinalResult:
         return cls(**d)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        paths.replace_whole(path, lambda partial: partial.write_text(text, encoding="utf-8"))
 
     @classmethod
     def load(cls, path: Path) -> FinalResult:
