@@ -7,6 +7,8 @@ command's start to its first trial), the time between its trials (ask/tell, hear
 progress) and its idle time at the end (waiting for another worker's last trial), then
 finalize (the wall time from the search's end to the final record, on all the cores), split
 into its retrainings' training steps and dev evaluations (final.json records them) and the rest.
+A second table splits the search's training steps by how each trial ended (complete, or pruned
+at a step).
 
     date +%s > start; harness run-study studies/small.yaml; date +%s > end
     HARNESS_ROOT=... python bench/time_breakdown.py studies/small.yaml \\
@@ -105,6 +107,23 @@ def main() -> None:
           "retraining counted as training and evaluation"
           + ("" if retrained else ": not recorded in this final.json, so all of finalize "
              "counts as outside") + ")")
+    print_steps_by_outcome(recs)
+
+
+def print_steps_by_outcome(recs: list[trials.TrialRecord]) -> None:
+    """The search's training steps by how each trial ended: complete, or pruned at a step
+    (what a pruner's late rungs cost, in steps that no complete trial used)."""
+    steps: dict[str, list[int]] = defaultdict(list)
+    for r in recs:
+        if r.steps:
+            pruned = r.state.name == "PRUNED"
+            steps[f"pruned at {r.steps:,}" if pruned else r.state.name.lower()].append(r.steps)
+    total = sum(sum(v) for v in steps.values())
+    if not total:
+        return
+    print("\n| trials | how they ended | training steps | share |\n| ---: | --- | ---: | ---: |")
+    for outcome, counts in sorted(steps.items(), key=lambda kv: -sum(kv[1])):
+        print(f"| {len(counts)} | {outcome} | {sum(counts):,} | {sum(counts) / total:.1%} |")
 
 
 if __name__ == "__main__":
