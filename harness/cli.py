@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -57,6 +58,7 @@ class Progress:
         self.header = ""
         self.running: dict[int, str] = {}  # trial number -> its latest progress
         self.picked_by: PickRule | None = None  # finalize in Pareto mode
+        self.clock: tuple[float, float] | None = None  # budget.wall_time: (start, seconds)
 
     def status(self, text: str) -> None:
         if self.live:
@@ -70,6 +72,21 @@ class Progress:
         self.stream.flush()
 
     # -- the search
+
+    def search_started(self, n_trials: int, clock_start: float,
+                       wall_time_s: float | None) -> None:
+        self.clock = None if wall_time_s is None else (clock_start, wall_time_s)
+
+    def budget_used(self) -> str:
+        """How much of budget.wall_time has passed, as '12 of 60 min' (seconds for a budget
+        under 2 minutes); empty without a wall time."""
+        if self.clock is None:
+            return ""
+        start, budget = self.clock
+        used = time.time() - start
+        if budget < 120:
+            return f"{used:.0f} of {budget:.0f} s"
+        return f"{used / 60:.0f} of {budget / 60:.0f} min"
 
     def trial_started(self, number: int, params: Mapping[str, Any]) -> None:
         self.running[number] = "starting"
@@ -90,9 +107,10 @@ class Progress:
             figure = f"infeasible: {trial.infeasible}" + ("" if loss else ", not trained")
         took = f"  ({trial.duration_s:.1f} s)" if trial.duration_s else ""
         best_text = f"{best:.4f}" if best is not None else "-"
-        self.header = f"[{done}/{total} trials, best {best_text}] "
+        used = self.budget_used()
+        self.header = f"[{done}/{total} trials, best {best_text}{', ' if used else ''}{used}] "
         self.line(f"[{done}/{total}] trial {trial.number:>3} {trial.state.name:<8} "
-                  f"{figure}{took}  best so far {best_text}")
+                  f"{figure}{took}  best so far {best_text}" + (f"  ({used})" if used else ""))
 
     # -- finalize
 

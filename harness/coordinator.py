@@ -72,6 +72,9 @@ def run_search(spec: StudySpec, *, workers: int | None = None,
         elif pool is None:
             work(spec, observer=observer, device=device, threads=threads_per_worker(spec, 1))
         else:
+            if observer:
+                observer.search_started(record.n_trials, record.timeout_start,
+                                        record.wall_time)
             pool.run(study, record, remaining, observer)
         _await_others(spec, study, record, observer)
         status = FINISHED

@@ -18,6 +18,13 @@ if TYPE_CHECKING:
 class SearchObserver(Protocol):
     """Receives the search's events."""
 
+    def search_started(self, n_trials: int, clock_start: float,
+                       wall_time_s: float | None) -> None:
+        """The study's budget as recorded in its storage: n_trials in all, and with
+        budget.wall_time the seconds the whole command (finalize included) has from
+        `clock_start` (epoch seconds: when the latest run-study started)."""
+        ...
+
     def trial_started(self, number: int, params: Mapping[str, Any]) -> None: ...
 
     def evaluated(self, number: int, step: int, steps: int, dev_loss: float) -> None: ...

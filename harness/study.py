@@ -640,6 +640,8 @@ def work(spec: StudySpec, *, observer: SearchObserver | None = None, device: str
     objective = _Objective(spec, tracker, record, observer, device,
                            open_checkpoints(spec, tracker, record.parent_run_id))
     recs = trials.records(study)
+    if observer:
+        observer.search_started(record.n_trials, record.timeout_start, record.wall_time)
     with sealed_test_split():  # no trial can read the test split, even by mistake
         while not trials.budget_taken(recs, record.n_trials):
             if record.deadline is not None and time.time() >= record.deadline:

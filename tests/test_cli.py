@@ -160,3 +160,29 @@ def test_status_shows_states_the_running_trials_the_best_and_the_final_model(wri
             in out)
     assert "checkpoints: 2.5 MB on this machine's disk" in out
     assert "final:   not finalized" in out
+
+
+def test_progress_lines_show_how_much_of_the_wall_time_has_passed():
+    """With budget.wall_time, each finished trial's line and the live header say how much of
+    the budget has passed; without one, they say nothing of time."""
+    import io
+    import time
+
+    from optuna.trial import TrialState
+
+    from harness.cli import Progress
+    from harness.trials import TrialRecord
+
+    out = io.StringIO()
+    progress = Progress(out)
+    trial = TrialRecord(number=3, state=TrialState.PRUNED, best_dev_loss=1.99, best_step=5000)
+    progress.search_started(200, time.time() - 12 * 60 - 5, 3600.0)
+    progress.trial_finished(trial, 4, 200, 1.933)
+    assert progress.header == "[4/200 trials, best 1.9330, 12 of 60 min] "
+    progress.search_started(200, time.time(), None)
+    progress.trial_finished(trial, 5, 200, 1.933)
+    assert progress.header == "[5/200 trials, best 1.9330] "
+    assert out.getvalue().splitlines() == [
+        "[4/200] trial   3 PRUNED   best dev 1.9900 at step 5000  best so far 1.9330  "
+        "(12 of 60 min)",
+        "[5/200] trial   3 PRUNED   best dev 1.9900 at step 5000  best so far 1.9330"]

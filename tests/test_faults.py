@@ -206,6 +206,8 @@ def test_a_worker_whose_trial_was_failed_as_stale_stops_it_and_goes_on(write_stu
     class FailsTrialZeroAtStep100:
         """Does what another worker does when it finds trial 0's heartbeat stale."""
 
+        def search_started(self, n_trials, clock_start, wall_time_s): pass
+
         def trial_started(self, number, params): pass
 
         def evaluated(self, number, step, steps, dev_loss):

@@ -59,6 +59,9 @@ def test_the_test_split_is_sealed_while_a_search_runs(write_study):
 
         errors: list[Exception] = []
 
+        def search_started(self, n_trials, clock_start, wall_time_s):
+            pass
+
         def trial_started(self, number, params):
             try:
                 load_test_examples(spec.data, 3)

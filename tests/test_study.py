@@ -170,6 +170,7 @@ def test_progress_counts_trials_that_end_together_one_by_one(write_study):
     seen: list[tuple[int, int, int]] = []
 
     class Observer:
+        def search_started(self, n_trials, clock_start, wall_time_s): pass
         def trial_started(self, number, params): pass
         def evaluated(self, number, step, steps, dev_loss): pass
         def trial_finished(self, trial, done, total, best):
@@ -286,9 +287,11 @@ def test_wall_time_stops_new_trials_that_would_not_fit_with_the_final_model(writ
                                           "wall_time": 1},
                                   finalize={"top_k": 2, "seeds": 3, "samples": 5}))
     assert main(["run-study", str(path), "--workers", "1"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     study = load_study(load_spec(path))
     assert trials.counted(trials.records(study)) == 1
+    assert re.search(r"^\[1/4\] trial +0 COMPLETE .*best so far [0-9.]+  \(\d+ of 1 s\)$", err,
+                     re.MULTILINE), err  # the progress line shows the clock
     assert "stopped before budget.n_trials: one more trial (up to" in out
     assert "past budget.wall_time" in storage.read_stopped(study)
     record = storage.read_record(study)

@@ -68,9 +68,23 @@ def check_finished_study(spec, n_trials: int) -> list[trials.TrialRecord]:
 
 
 def test_two_local_workers_share_the_study(write_study):
+    """...and this process shows their progress: the budget as recorded, then every trial."""
     spec = load_spec(write_study(tiny_study(budget={"n_trials": 4, "steps": 150,
-                                                    "eval_every": 50})))
-    run_search(spec, workers=2)
+                                                    "eval_every": 50, "wall_time": 3600})))
+    seen: list[tuple] = []
+
+    class Observer:
+        def search_started(self, n_trials, clock_start, wall_time_s):
+            seen.append(("started", n_trials, clock_start, wall_time_s))
+        def trial_started(self, number, params): pass
+        def evaluated(self, number, step, steps, dev_loss): pass
+        def trial_finished(self, trial, done, total, best):
+            seen.append(("finished", done, total))
+
+    study = run_search(spec, workers=2, observer=Observer())
+    record = storage.read_record(study)
+    assert seen[0] == ("started", 4, record.timeout_start, 3600)
+    assert seen[1:] == [("finished", k, 4) for k in (1, 2, 3, 4)]
     recs = check_finished_study(spec, 4)
     assert len(recs) == 4
     assert {r.state.name for r in recs} == {"COMPLETE"}
