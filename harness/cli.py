@@ -55,7 +55,7 @@ class Progress:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty()
-        self.header = ""
+        self.tally = ""  # "4/200 trials, best 1.9330": as of the last finished trial
         self.running: dict[int, str] = {}  # trial number -> its latest progress
         self.picked_by: PickRule | None = None  # finalize in Pareto mode
         self.clock: tuple[float, float] | None = None  # budget.wall_time: (start, seconds)
@@ -88,13 +88,18 @@ class Progress:
             return f"{used:.0f} of {budget:.0f} s"
         return f"{used / 60:.0f} of {budget / 60:.0f} min"
 
+    def header(self) -> str:
+        """The live line's start: the trials so far and, with a wall time, the clock now."""
+        parts = [part for part in (self.tally, self.budget_used()) if part]
+        return f"[{', '.join(parts)}] " if parts else ""
+
     def trial_started(self, number: int, params: Mapping[str, Any]) -> None:
         self.running[number] = "starting"
 
     def evaluated(self, number: int, step: int, steps: int, dev_loss: float) -> None:
         self.running[number] = f"step {step}/{steps} dev {dev_loss:.4f}"
-        self.status(self.header + "  ".join(f"trial {n}: {text}"
-                                            for n, text in sorted(self.running.items())))
+        self.status(self.header() + "  ".join(f"trial {n}: {text}"
+                                              for n, text in sorted(self.running.items())))
 
     def trial_finished(self, trial: TrialRecord, done: int, total: int,
                        best: float | None) -> None:
@@ -107,8 +112,8 @@ class Progress:
             figure = f"infeasible: {trial.infeasible}" + ("" if loss else ", not trained")
         took = f"  ({trial.duration_s:.1f} s)" if trial.duration_s else ""
         best_text = f"{best:.4f}" if best is not None else "-"
+        self.tally = f"{done}/{total} trials, best {best_text}"
         used = self.budget_used()
-        self.header = f"[{done}/{total} trials, best {best_text}{', ' if used else ''}{used}] "
         self.line(f"[{done}/{total}] trial {trial.number:>3} {trial.state.name:<8} "
                   f"{figure}{took}  best so far {best_text}" + (f"  ({used})" if used else ""))
 

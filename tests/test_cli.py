@@ -164,7 +164,8 @@ def test_status_shows_states_the_running_trials_the_best_and_the_final_model(wri
 
 def test_progress_lines_show_how_much_of_the_wall_time_has_passed():
     """With budget.wall_time, each finished trial's line and the live header say how much of
-    the budget has passed; without one, they say nothing of time."""
+    the budget has passed (the header as of now, also before the first trial ends); without
+    one, they say nothing of time."""
     import io
     import time
 
@@ -177,11 +178,12 @@ def test_progress_lines_show_how_much_of_the_wall_time_has_passed():
     progress = Progress(out)
     trial = TrialRecord(number=3, state=TrialState.PRUNED, best_dev_loss=1.99, best_step=5000)
     progress.search_started(200, time.time() - 12 * 60 - 5, 3600.0)
+    assert progress.header() == "[12 of 60 min] "
     progress.trial_finished(trial, 4, 200, 1.933)
-    assert progress.header == "[4/200 trials, best 1.9330, 12 of 60 min] "
+    assert progress.header() == "[4/200 trials, best 1.9330, 12 of 60 min] "
     progress.search_started(200, time.time(), None)
     progress.trial_finished(trial, 5, 200, 1.933)
-    assert progress.header == "[5/200 trials, best 1.9330] "
+    assert progress.header() == "[5/200 trials, best 1.9330] "
     assert out.getvalue().splitlines() == [
         "[4/200] trial   3 PRUNED   best dev 1.9900 at step 5000  best so far 1.9330  "
         "(12 of 60 min)",
