@@ -17,7 +17,9 @@ from harness.redact import redact
 
 if TYPE_CHECKING:
     from harness.final import FinalResult, Retraining
+    from harness.hparams import HParams
     from harness.spec import PickRule, StudySpec
+    from harness.storage import StudyRecord
     from harness.trials import TrialRecord
 
 EXIT_USAGE = 2  # bad study file, data file or arguments: nothing was run
@@ -73,9 +75,12 @@ class Progress:
 
     # -- the search
 
-    def search_started(self, n_trials: int, clock_start: float,
-                       wall_time_s: float | None) -> None:
-        self.clock = None if wall_time_s is None else (clock_start, wall_time_s)
+    def search_started(self, record: StudyRecord) -> None:
+        self.clock = None if record.wall_time is None else (record.timeout_start,
+                                                            record.wall_time)
+        if record.precision is not None and record.precision_ms is not None:
+            self.line(f"precision auto: {record.precision} for every trial (a step of the "
+                      f"largest model the study samples: {describe_timing(record.precision_ms)})")
 
     def budget_used(self) -> str:
         """How much of budget.wall_time has passed, as '12 of 60 min' (seconds for a budget
@@ -160,6 +165,11 @@ def describe_pick(rule: PickRule) -> str:
         return (f"the knee of the front, the trial farthest below the line between its two ends "
                 f"(dev loss against log {rule.metric}, each scaled to 0..1)")
     return f"the lowest dev loss on the front with {rule.metric} <= {rule.limit:,.0f}"
+
+
+def describe_timing(ms: Mapping[str, float]) -> str:
+    """precision auto's measurement, ms per step by precision: 'fp32 17.2 ms, bf16 31.1 ms'."""
+    return ", ".join(f"{p} {t:.1f} ms" for p, t in ms.items())
 
 
 def format_final(r: FinalResult) -> str:
@@ -379,12 +389,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hparams(spec: StudySpec, params: Sequence[str]) -> Any:
-    """The study's fixed values plus `--param NAME=VALUE`s; a bad value is a SpecError."""
+def _hparams(spec: StudySpec, params: Sequence[str], device: str = "cpu") -> HParams:
+    """The study's fixed values plus `--param NAME=VALUE`s; a bad value is a SpecError. A
+    precision of auto is measured here, for this config on `device`, and said."""
+    from harness.hparams import AUTO_PRECISION
     from harness.spec import SpecError, parse_assignments
 
     try:
-        return spec.base_hparams(**parse_assignments(params, "--param", spec.source))
+        values = parse_assignments(params, "--param", spec.source)
+        if values.get("precision", spec.fixed.get("precision")) == AUTO_PRECISION:
+            from harness.data import summarize
+            from harness.precision import measure
+
+            timing = measure(spec.base_hparams(**{**values, "precision": "fp32"}),
+                             summarize(spec.data).vocab_size, device=device)
+            print(f"precision auto: {timing.choice} (a step of this config: "
+                  f"{describe_timing(timing.ms)})", file=sys.stderr)
+            values["precision"] = timing.choice
+        return spec.base_hparams(**values)
     except ValueError as exc:
         raise SpecError(spec.source, [str(exc)]) from None
 
@@ -394,7 +416,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from harness.train import train
 
     spec = _load(args)
-    hp = _hparams(spec, args.param)
+    hp = _hparams(spec, args.param, args.device)
     progress = Progress()
 
     def on_eval(ev: Any) -> None:

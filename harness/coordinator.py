@@ -58,7 +58,8 @@ def run_search(spec: StudySpec, *, workers: int | None = None,
     # which overlaps with this process creating the stores; they start once the study exists.
     pool = _Pool(spec, n, device) if n > 1 else None
     try:
-        study, record = prepare_study(spec, n if finalize else 0)
+        study, record = prepare_study(spec, n if finalize else 0, device=device,
+                                      threads=threads_per_worker(spec, n))
     except BaseException:
         if pool is not None:
             pool.stop()
@@ -73,8 +74,7 @@ def run_search(spec: StudySpec, *, workers: int | None = None,
             work(spec, observer=observer, device=device, threads=threads_per_worker(spec, 1))
         else:
             if observer:
-                observer.search_started(record.n_trials, record.timeout_start,
-                                        record.wall_time)
+                observer.search_started(record)
             pool.run(study, record, remaining, observer)
         _await_others(spec, study, record, observer)
         status = FINISHED

@@ -12,17 +12,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from harness.final import Retraining
     from harness.spec import PickRule
+    from harness.storage import StudyRecord
     from harness.trials import TrialRecord
 
 
 class SearchObserver(Protocol):
     """Receives the search's events."""
 
-    def search_started(self, n_trials: int, clock_start: float,
-                       wall_time_s: float | None) -> None:
-        """The study's budget as recorded in its storage: n_trials in all, and with
-        budget.wall_time the seconds the whole command (finalize included) has from
-        `clock_start` (epoch seconds: when the latest run-study started)."""
+    def search_started(self, record: StudyRecord) -> None:
+        """What the study recorded in its storage, which every process reads alike: n_trials in
+        all; with budget.wall_time, the seconds the whole command (finalize included) has from
+        `timeout_start` (when the latest run-study started); with fixed.precision auto, the
+        precision chosen and the step times it was chosen on."""
         ...
 
     def trial_started(self, number: int, params: Mapping[str, Any]) -> None: ...

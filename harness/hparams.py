@@ -17,6 +17,10 @@ from typing import Any
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("constant", "step", "cosine")
 PRECISIONS = ("fp32", "bf16")
+# A study's (or `harness train`'s) `fixed.precision` may also be "auto": the faster of the two
+# on this machine, measured (harness.precision) before any training. A run's HParams always
+# hold the precision it trained in.
+AUTO_PRECISION = "auto"
 
 
 @dataclass(frozen=True)

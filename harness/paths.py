@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,14 +39,36 @@ def journal_path() -> Path:
 def replace_whole(path: Path, write: Callable[[Path], None]) -> None:
     """Replace `path` by what `write` writes, whole: it writes a file beside it, which is then
     renamed over it, so a process killed mid-write leaves the previous file, never a cut-off
-    one (a write that raises removes its partial file)."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    one (a write that raises removes its partial file; the partial files of writers on this
+    host that were killed before they could are removed by the next write of `path`)."""
+    for stale in path.parent.glob(f"{glob.escape(path.name)}.*.partial"):
+        host, _, pid = stale.name[len(path.name) + 1:-len(".partial")].rpartition(".")
+        if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    partial = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.partial")
     try:
         write(partial)
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` on this host runs (a zombie does not)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def study_dir(name: str) -> Path:

@@ -302,8 +302,22 @@ class StudySpec:
     raw: Mapping[str, Any] = field(repr=False, compare=False)  # the YAML after overrides
 
     def base_hparams(self, **params: Any) -> hparams.HParams:
-        """HParams from the defaults, the study's fixed values, then `params`."""
-        return hparams.make({**self.fixed, **params})
+        """HParams from the defaults, the study's fixed values, then `params`. A precision of
+        "auto" must be resolved first (`with_precision`): ValueError otherwise."""
+        values = {**self.fixed, **params}
+        if values.get("precision") == hparams.AUTO_PRECISION:
+            raise ValueError("precision auto is measured before training: resolve it first "
+                             "(StudySpec.with_precision)")
+        return hparams.make(values)
+
+    @property
+    def auto_precision(self) -> bool:
+        """Whether `fixed.precision` is "auto" (harness.precision chooses it)."""
+        return self.fixed.get("precision") == hparams.AUTO_PRECISION
+
+    def with_precision(self, precision: str) -> StudySpec:
+        """This spec with `fixed.precision` set to `precision` (what "auto" resolved to)."""
+        return dataclasses.replace(self, fixed={**self.fixed, "precision": precision})
 
     def search_names(self) -> list[str]:
         """Names of every searched parameter, conditional ones included, once each."""
@@ -519,6 +533,8 @@ def _parse_fixed(raw: Any, errors: list[str]) -> dict[str, Any]:
     for key, value in d.items():
         if key not in hparams.NAMES:
             errors.append(f"fixed.{key}: unknown hyperparameter{_suggest(str(key), hparams.NAMES)}")
+        elif key == "precision" and value == hparams.AUTO_PRECISION:
+            out[key] = value  # resolved by measurement before training (harness.precision)
         elif why := hparams.check_value(key, value):
             errors.append(f"fixed.{key}: {why}")
         else:

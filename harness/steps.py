@@ -34,9 +34,9 @@ log = logging.getLogger(__name__)
 STEP_KINDS = ("manual", "autograd", "graphed")
 
 # hp.precision -> the dtype of the training step's matrix products. bf16 keeps fp32 weights,
-# optimizer state, tanh and softmax; on CPUs with AVX512-BF16 or AMX (and on GPU tensor cores)
-# its products run several times faster than fp32's, which pays once the layers are a few
-# hundred wide (figures measured on one machine: studies/RESULTS.md).
+# optimizer state, tanh and softmax; on some CPUs with AVX512-BF16 or AMX (and on GPU tensor
+# cores) its products run several times faster than fp32's, which pays once the layers are a
+# few hundred wide; on others they run slower (`precision: auto` measures: harness.precision).
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 # A learning rate: a number, or a 0-dim tensor on the model's device (what a graph reads).
@@ -87,7 +87,9 @@ def make_optimizer(hp: HParams, model: MLP, lr: LR | None = None) -> torch.optim
 
 @functools.cache
 def cpu_has_fast_bf16() -> bool | None:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); None where unknown."""
+    """Whether this CPU lists native bf16 products (AVX512-BF16 or AMX); None where unknown.
+    A listing is no promise of speed (an Intel Xeon with AVX512-BF16 ran bf16 products at
+    half fp32's rate): `precision: auto` measures (harness.precision)."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
@@ -100,7 +102,8 @@ def make_step(kind: str, model: MLP, hp: HParams) -> Step:
     "autograd" (the reference) or "graphed" (manual, replayed as a CUDA graph on a GPU)."""
     if hp.precision == "bf16" and not model.output.weight.is_cuda and cpu_has_fast_bf16() is False:
         _warn_once("precision bf16: this CPU has no AVX512-BF16 or AMX, so bf16 products are "
-                   "emulated and likely slower than fp32; consider precision: fp32")
+                   "emulated and likely slower than fp32; consider precision: fp32, or auto "
+                   "(measured)")
     if kind == "manual":
         return ManualStep(model, hp)
     if kind == "autograd":

@@ -169,6 +169,10 @@ class StudyRecord:
     warm_from: str | None = None  # warm_start: the earlier study
     warm_trials: int = 0  # its trials added to this one
     warm_skipped: int = 0  # its trials that did not fit this study
+    # fixed.precision auto: the precision every trial trains in, measured by the process that
+    # created the study (harness.precision), and its ms per step of the largest model in each
+    precision: str | None = None
+    precision_ms: dict[str, float] | None = None
 
     @property
     def deadline(self) -> float | None:

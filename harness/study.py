@@ -28,7 +28,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from harness import hparams, pareto, paths, provenance, storage, trials
+from harness import hparams, pareto, paths, precision, provenance, storage, trials
 from harness.checkpoints import CheckpointStore
 from harness.data import DataError, load_search_data, sealed_test_split, summarize
 from harness.events import SearchObserver
@@ -78,7 +78,8 @@ class TrialLost(RuntimeError):
 
 
 class BudgetConflict(ValueError):
-    """A joining worker was given a budget that differs from the one recorded in the study."""
+    """A joining worker's study file disagrees with what the study recorded: a budget set on
+    its command line, or fixed.precision auto where the study chose none."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,21 +164,24 @@ def check_inputs(spec: StudySpec) -> None:
 
 
 def _largest(spec: StudySpec, name: str) -> Any:
-    """The largest value hyperparameter `name` can take in the study."""
-    values = [spec.fixed.get(name, hparams.DEFAULTS[name])]
+    """The largest value hyperparameter `name` can take in the study: its searched values, and
+    its fixed (or default) value unless every trial samples it (a conditional one may not)."""
+    top_level = any(p.name == name for p in spec.search)
+    values = [] if top_level else [spec.fixed.get(name, hparams.DEFAULTS[name])]
     for p in iter_params(spec.search):
         if p.name == name:
             values += list(p.choices) if isinstance(p, CategoricalParam) else [p.high]
     return max(values)
 
 
-def prepare_study(spec: StudySpec, final_processes: int = 0) -> tuple[optuna.Study,
-                                                                     StudyRecord]:
+def prepare_study(spec: StudySpec, final_processes: int = 0, *, device: str = "cpu",
+                  threads: int | None = None) -> tuple[optuna.Study, StudyRecord]:
     """Create the study (or open it), record its budget, open its parent MLflow run, and reap
     trials of dead workers. Safe when several processes prepare one study at once: one of them
     (the one that claims its creation in the storage) creates its identity and parent run.
     `final_processes`: the processes this run-study's finalize will retrain on (0: it will not
-    finalize), which `budget.wall_time` keeps time for.
+    finalize), which `budget.wall_time` keeps time for. With fixed.precision auto, the creator
+    times the step on `device` with a worker's `threads` and records the choice.
 
     Bad inputs fail first (check_inputs), before any storage or run is created.
     """
@@ -197,16 +201,25 @@ def prepare_study(spec: StudySpec, final_processes: int = 0) -> tuple[optuna.Stu
     if storage.claim(study, "created"):
         identity = uuid.uuid4().hex
         parent = tracker.study_run(spec.name, identity, _spec_yaml(spec))
+        chosen = _precision(spec, None, device, threads)
         record = StudyRecord(identity, parent, spec.budget.n_trials, spec.budget.timeout,
-                             timeout_start=now, created=now,
-                             **_budget(spec, final_processes), **_warm_start(spec, study))
+                             timeout_start=now, created=now, **chosen,
+                             **_budget(spec, final_processes),
+                             **_warm_start(resolved(spec, chosen.get("precision")), study))
         for params in spec.enqueue:  # once, by the process that created the study
             study.enqueue_trial(dict(params), skip_if_exists=True)
     else:  # run-study owns the budget: a new total or timeout from it is recorded
-        record = dataclasses.replace(storage.wait_for_record(study),
-                                     n_trials=spec.budget.n_trials, timeout=spec.budget.timeout,
-                                     timeout_start=now, **_budget(spec, final_processes))
+        record = storage.wait_for_record(study)
+        record = dataclasses.replace(record, n_trials=spec.budget.n_trials,
+                                     timeout=spec.budget.timeout, timeout_start=now,
+                                     **_budget(spec, final_processes),
+                                     **_precision(spec, record, device, threads))
         tracker.study_run(spec.name, record.identity, _spec_yaml(spec))
+    if record.precision_ms is not None:
+        tracker.set_tags(record.parent_run_id, {
+            "harness.precision": f"{record.precision} (auto: ms per step of the largest model, "
+                                 + ", ".join(f"{p} {ms:.2f}" for p, ms in
+                                             record.precision_ms.items()) + ")"})
     storage.write_record(study, record)
     tracker.set_tags(record.parent_run_id, provenance.collect())  # this run-study's
     storage.write_stopped(study, None)  # patience is judged afresh by this run
@@ -222,6 +235,40 @@ def _budget(spec: StudySpec, final_processes: int) -> dict[str, Any]:
     return {"patience_trials": p.trials if p else None,
             "patience_min_delta": p.min_delta if p else 0.0,
             "wall_time": spec.budget.wall_time, "final_rounds": rounds}
+
+
+# What decides a step's speed: the largest value of each is timed for fixed.precision auto.
+_SIZES = ("context_length", "embedding_dim", "hidden_width", "hidden_layers", "batch_size")
+
+
+def _precision(spec: StudySpec, record: StudyRecord | None, device: str,
+               threads: int | None) -> dict[str, Any]:
+    """The StudyRecord fields of fixed.precision: none measured when the spec names one; with
+    auto, the study's earlier choice (it stays), else the step of the largest model the study
+    can sample timed here and now (harness.precision)."""
+    if not spec.auto_precision:
+        return {"precision": None, "precision_ms": None}
+    if record is not None and record.precision is not None:
+        return {}
+    largest = spec.base_hparams(precision="fp32", **{n: _largest(spec, n) for n in _SIZES})
+    timing = precision.measure(largest, summarize(spec.data).vocab_size, device=device,
+                               threads=threads)
+    log.info("precision auto: %s (ms per step of the largest model: %s)", timing.choice,
+             timing.ms)
+    return {"precision": timing.choice, "precision_ms": timing.ms}
+
+
+def resolved(spec: StudySpec, chosen: str | None) -> StudySpec:
+    """`spec` as its trials run: fixed.precision auto replaced by the study's `chosen` one
+    (StudyRecord.precision). Raises BudgetConflict when the study has none (its latest
+    run-study named a precision)."""
+    if not spec.auto_precision:
+        return spec
+    if chosen is None:
+        raise BudgetConflict(
+            f"fixed.precision is auto, but study {spec.name!r} was started with a precision "
+            "named, so none was measured: name the same one here (--set fixed.precision=...)")
+    return spec.with_precision(chosen)
 
 
 def _warm_start(spec: StudySpec, study: optuna.Study) -> dict[str, Any]:
@@ -629,6 +676,7 @@ def work(spec: StudySpec, *, observer: SearchObserver | None = None, device: str
     server stays unreachable (the trial it was running is re-queued).
     """
     study, record = join_study(spec, explicit)
+    spec = resolved(spec, record.precision)  # every worker trains in the study's precision
     torch.set_num_threads(threads or choose_threads(spec, study)[0])
     trials.register_worker(study, torch.get_num_threads())
     study.sampler = build_sampler(spec, seed_offset=1000 * storage.next_number(study, "sampler"))
@@ -641,7 +689,7 @@ def work(spec: StudySpec, *, observer: SearchObserver | None = None, device: str
                            open_checkpoints(spec, tracker, record.parent_run_id))
     recs = trials.records(study)
     if observer:
-        observer.search_started(record.n_trials, record.timeout_start, record.wall_time)
+        observer.search_started(record)
     with sealed_test_split():  # no trial can read the test split, even by mistake
         while not trials.budget_taken(recs, record.n_trials):
             if record.deadline is not None and time.time() >= record.deadline:

@@ -29,6 +29,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness import storage
+from harness.paths import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -371,18 +372,3 @@ def local_workers(study: optuna.Study) -> int:
     return live
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` on this host runs (a zombie does not)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True

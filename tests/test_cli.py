@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -172,16 +173,20 @@ def test_progress_lines_show_how_much_of_the_wall_time_has_passed():
     from optuna.trial import TrialState
 
     from harness.cli import Progress
+    from harness.storage import StudyRecord
     from harness.trials import TrialRecord
 
     out = io.StringIO()
     progress = Progress(out)
     trial = TrialRecord(number=3, state=TrialState.PRUNED, best_dev_loss=1.99, best_step=5000)
-    progress.search_started(200, time.time() - 12 * 60 - 5, 3600.0)
+    record = StudyRecord("id", "run", 200, None, timeout_start=time.time() - 12 * 60 - 5,
+                         created=0.0, wall_time=3600.0)
+    progress.search_started(record)
     assert progress.header() == "[12 of 60 min] "
     progress.trial_finished(trial, 4, 200, 1.933)
     assert progress.header() == "[4/200 trials, best 1.9330, 12 of 60 min] "
-    progress.search_started(200, time.time(), None)
+    progress.search_started(dataclasses.replace(record, timeout_start=time.time(),
+                                                wall_time=None))
     progress.trial_finished(trial, 5, 200, 1.933)
     assert progress.header() == "[5/200 trials, best 1.9330] "
     assert out.getvalue().splitlines() == [

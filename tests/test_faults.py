@@ -160,6 +160,45 @@ def _journal_with_a_finished_study(write_study) -> tuple[Path, Path]:
     return path, paths.journal_path()
 
 
+_KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from harness import paths
+
+def write(partial):
+    partial.write_bytes(b"half of a model")
+    print("writing", flush=True)
+    time.sleep(60)
+
+paths.replace_whole(Path(sys.argv[1]), write)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_the_file_whole_and_its_partial_is_cleaned(tmp_path):
+    """SIGKILL during `replace_whole` (no cleanup runs): the previous file stays whole; the next
+    write of that file removes the dead writer's partial, not a live writer's nor another
+    host's (whose process this host cannot see)."""
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"the previous model")
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(target)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "writing\n"
+    proc.kill()
+    proc.wait()
+    host = socket.gethostname()
+    dead = tmp_path / f"model.pt.{host}.{proc.pid}.partial"
+    assert dead.read_bytes() == b"half of a model" and target.read_bytes() == b"the previous model"
+    live = tmp_path / f"model.pt.{host}.{os.getppid()}.partial"  # a writer still at work
+    elsewhere = tmp_path / f"model.pt.other-host.{proc.pid}.partial"
+    other_file = tmp_path / f"model.pt.bak.{host}.{proc.pid}.partial"  # not this file's
+    for p in (live, elsewhere, other_file):
+        p.write_bytes(b"")
+    paths.replace_whole(target, lambda partial: partial.write_bytes(b"the new model"))
+    assert target.read_bytes() == b"the new model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["model.pt", live.name, elsewhere.name, other_file.name])
+
+
 def test_a_cut_off_last_line_is_set_aside_with_a_warning_and_the_study_goes_on(
         write_study, tmp_path, capsys, caplog):
     path, journal = _journal_with_a_finished_study(write_study)
@@ -206,7 +245,7 @@ def test_a_worker_whose_trial_was_failed_as_stale_stops_it_and_goes_on(write_stu
     class FailsTrialZeroAtStep100:
         """Does what another worker does when it finds trial 0's heartbeat stale."""
 
-        def search_started(self, n_trials, clock_start, wall_time_s): pass
+        def search_started(self, record): pass
 
         def trial_started(self, number, params): pass
 

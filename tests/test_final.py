@@ -59,7 +59,7 @@ def test_the_test_split_is_sealed_while_a_search_runs(write_study):
 
         errors: list[Exception] = []
 
-        def search_started(self, n_trials, clock_start, wall_time_s):
+        def search_started(self, record):
             pass
 
         def trial_started(self, number, params):

@@ -13,7 +13,9 @@ from .conftest import STUDIES, tiny_study
 def test_every_shipped_study_is_valid(path: Path):
     spec = load_spec(path)
     assert spec.name == path.stem
-    spec.base_hparams()  # the fixed values make a valid config
+    # the fixed values make a valid config (auto: once measured, either precision does)
+    for precision in (("fp32", "bf16") if spec.auto_precision else (None,)):
+        (spec.with_precision(precision) if precision else spec).base_hparams()
 
 
 def test_tiny_study_parses(write_study):

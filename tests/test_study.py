@@ -170,7 +170,7 @@ def test_progress_counts_trials_that_end_together_one_by_one(write_study):
     seen: list[tuple[int, int, int]] = []
 
     class Observer:
-        def search_started(self, n_trials, clock_start, wall_time_s): pass
+        def search_started(self, record): pass
         def trial_started(self, number, params): pass
         def evaluated(self, number, step, steps, dev_loss): pass
         def trial_finished(self, trial, done, total, best):

@@ -74,8 +74,8 @@ def test_two_local_workers_share_the_study(write_study):
     seen: list[tuple] = []
 
     class Observer:
-        def search_started(self, n_trials, clock_start, wall_time_s):
-            seen.append(("started", n_trials, clock_start, wall_time_s))
+        def search_started(self, record):
+            seen.append(("started", record.n_trials, record.timeout_start, record.wall_time))
         def trial_started(self, number, params): pass
         def evaluated(self, number, step, steps, dev_loss): pass
         def trial_finished(self, trial, done, total, best):
@@ -101,9 +101,9 @@ def test_workers_start_while_the_study_is_created(write_study, monkeypatch):
     alive_at_prepare = []
     real_prepare = coordinator.prepare_study
 
-    def prepare(spec, final_processes):
+    def prepare(spec, final_processes, **options):
         alive_at_prepare.append(len(multiprocessing.active_children()))
-        return real_prepare(spec, final_processes)
+        return real_prepare(spec, final_processes, **options)
 
     monkeypatch.setattr(coordinator, "prepare_study", prepare)
     run_search(spec, workers=2)
@@ -122,7 +122,7 @@ def test_workers_start_while_the_study_is_created(write_study, monkeypatch):
 def test_a_failing_start_leaves_no_worker_behind(write_study, monkeypatch):
     spec = load_spec(write_study(tiny_study()))
 
-    def prepare(spec, final_processes):
+    def prepare(spec, final_processes, **options):
         raise RuntimeError("store down")
 
     monkeypatch.setattr(coordinator, "prepare_study", prepare)
