@@ -45,11 +45,6 @@ class Timing:
         """bf16 when it is at least BF16_MARGIN times as fast as fp32, else fp32."""
         return "bf16" if self.ms["fp32"] >= BF16_MARGIN * self.ms["bf16"] else "fp32"
 
-    @property
-    def bf16_speedup(self) -> float:
-        """fp32's step time over bf16's (> 1: bf16 is faster)."""
-        return self.ms["fp32"] / self.ms["bf16"]
-
 
 def measure(hp: HParams, vocab_size: int, *, device: str = "cpu",
             threads: int | None = None) -> Timing:
