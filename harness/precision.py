@@ -26,8 +26,8 @@ from harness.train import resolve_device
 # bf16 rounds every product to 8 bits of mantissa: it must be this much faster to be chosen.
 BF16_MARGIN = 1.1
 WARMUP_STEPS = 2  # per precision, untimed: first calls allocate and pick kernels
-# Timed steps per precision, alternating one of each: the load on the machine changes (a
-# study's workers import torch while its creator measures), and each pair of steps shares it.
+# Timed steps per precision, alternating one of each: whatever else loads the machine meanwhile
+# weighs on both alike.
 TIMED_STEPS = 12
 
 

@@ -215,11 +215,10 @@ def prepare_study(spec: StudySpec, final_processes: int = 0, *, device: str = "c
                                      **_budget(spec, final_processes),
                                      **_precision(spec, record, device, threads))
         tracker.study_run(spec.name, record.identity, _spec_yaml(spec))
-    if record.precision_ms is not None:
+    if record.precision_ms is not None:  # auto: the choice and the ms per step it read
         tracker.set_tags(record.parent_run_id, {
-            "harness.precision": f"{record.precision} (auto: ms per step of the largest model, "
-                                 + ", ".join(f"{p} {ms:.2f}" for p, ms in
-                                             record.precision_ms.items()) + ")"})
+            "harness.precision": record.precision,
+            **{f"harness.precision_ms.{p}": f"{ms:.2f}" for p, ms in record.precision_ms.items()}})
     storage.write_record(study, record)
     tracker.set_tags(record.parent_run_id, provenance.collect())  # this run-study's
     storage.write_stopped(study, None)  # patience is judged afresh by this run

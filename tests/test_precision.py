@@ -8,8 +8,9 @@ import json
 
 import pytest
 import torch
+from mlflow import MlflowClient
 
-from harness import precision, storage, trials
+from harness import paths, precision, storage, trials
 from harness.coordinator import run_search
 from harness.hparams import HParams
 from harness.spec import SpecError, load_spec
@@ -78,6 +79,9 @@ def test_the_study_measures_once_and_every_worker_trains_in_its_choice(write_stu
     study = run_search(spec, workers=2)
     record = storage.read_record(study)
     assert (record.precision, record.precision_ms) == ("bf16", {"fp32": 2.0, "bf16": 1.0})
+    tags = MlflowClient(paths.tracking_uri()).get_run(record.parent_run_id).data.tags
+    assert (tags["harness.precision"], tags["harness.precision_ms.fp32"],
+            tags["harness.precision_ms.bf16"]) == ("bf16", "2.00", "1.00")
     recs = trials.search_records(study)
     assert len({r.pid for r in recs}) == 2
     assert [r.hparams["precision"] for r in recs] == ["bf16"] * 4
