@@ -86,8 +86,11 @@ def main() -> None:
     finalize = workers * max(0.0, end - search_end)
     retrained = [c for c in (final or {}).get("candidates", ()) if c.get("train_s")]
     if retrained:  # final.json records each retraining's seconds (since issue 18)
-        rows[FINAL_TRAIN] = sum(sum(c["train_s"]) for c in retrained)
-        rows[FINAL_EVAL] = sum(sum(c["eval_s"]) for c in retrained)
+        # finalize.fill's models too (since issue 18; absent in older records)
+        rows[FINAL_TRAIN] = (sum(sum(c["train_s"]) for c in retrained)
+                             + sum(final.get("fill_train_s", ())))
+        rows[FINAL_EVAL] = (sum(sum(c["eval_s"]) for c in retrained)
+                            + sum(final.get("fill_eval_s", ())))
         rows[FINAL_REST] = finalize - rows[FINAL_TRAIN] - rows[FINAL_EVAL]
     else:
         rows[FINAL_REST] = finalize

@@ -140,6 +140,12 @@ class Progress:
         self.line(f"finalizing: {len(jobs)} retrainings on {processes} process(es), "
                   f"{', '.join(trials)}; {how}, then the test split, once")
 
+    def filling(self, jobs: Sequence[Retraining], processes: int, left_s: float) -> None:
+        self.line(f"finalize.fill: {left_s / 60:.0f} min left of budget.wall_time: "
+                  f"{len(jobs)} more seed(s) of trial {jobs[0].trial} on {processes} "
+                  f"process(es), {jobs[0].steps} steps each; each joins the ensemble if it "
+                  "lowers its dev loss")
+
     def retraining_evaluated(self, job: Retraining, step: int, dev_loss: float) -> None:
         self.status(f"trial {job.trial}, seed {job.seed}: step {step}/{job.steps}, "
                     f"dev {dev_loss:.4f}")
@@ -195,6 +201,12 @@ def format_final(r: FinalResult) -> str:
         lines.append(f"  ensemble   dev {r.ensemble_dev_loss:.4f}, test "
                      f"{r.ensemble_test_loss:.4f} (the saved model: {report.ensemble_members(r)} "
                      "averaged)")
+    if r.fill_seeds:
+        joined = [str(s) for s, k in zip(r.fill_seeds, r.fill_kept, strict=True) if k]
+        lines.append(f"  filled     seeds {', '.join(map(str, r.fill_seeds))} "
+                     f"({r.fill_steps} steps, the time left): dev "
+                     + ", ".join(f"{d:.4f}" for d in r.fill_dev_losses)
+                     + f"; joined the ensemble: {', '.join(joined) or 'none'}")
     for ref in r.references:  # scored on test at the same moment: test beside test
         lines.append(f"  reference  {ref.model}: dev {ref.dev_loss:.4f}, test {ref.test_loss:.4f}")
     lines += ["  config:    " + ", ".join(f"{k}={v}" for k, v in r.config.items())]

@@ -43,6 +43,10 @@ class FinalizeObserver(Protocol):
 
     def retrainings_planned(self, jobs: Sequence[Retraining], processes: int) -> None: ...
 
+    def filling(self, jobs: Sequence[Retraining], processes: int, left_s: float) -> None:
+        """finalize.fill: `jobs` train more seeds of the chosen config in the `left_s`
+        seconds left before budget.wall_time."""
+
     def retraining_evaluated(self, job: Retraining, step: int, dev_loss: float) -> None: ...
 
     def retraining_done(self, job: Retraining, dev_loss: float, done: int,

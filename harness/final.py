@@ -13,6 +13,8 @@
    seed cannot win; the final model is its best seed's, or with `finalize.ensemble` all its
    seeds' models averaged, and its trial's own model from the search with them when the
    trial ran as many steps (no training is thrown away, and its lucky seed decides nothing);
+   with `finalize.fill`, the time left before `budget.wall_time` trains more seeds of the
+   chosen config, each joining the ensemble only if it lowers its dev loss;
 5. test: only then is the test split read, for the chosen models; each evaluation is counted
    in the storage before it happens;
 6. record: `FinalResult` in the study's storage, a final MLflow run under the study's run, and
@@ -141,6 +143,14 @@ class FinalResult:
     trial_model_seed: int | None = None
     trial_model_dev_loss: float | None = None
     trial_model_test_loss: float | None = None
+    # finalize.fill: the models it trained in the time left (seeds after the retrainings'),
+    # their steps and best dev losses, and which joined the ensemble (empty: none trained).
+    fill_seeds: tuple[int, ...] = ()
+    fill_steps: int = 0
+    fill_dev_losses: tuple[float, ...] = ()
+    fill_kept: tuple[bool, ...] = ()
+    fill_train_s: tuple[float, ...] = ()
+    fill_eval_s: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -150,7 +160,7 @@ class FinalResult:
         """Models in the saved one: the seeds' (and the trial's own) for an ensemble, else 1."""
         if self.ensemble_test_loss is None:
             return 1
-        return len(self.seeds) + (self.trial_model_seed is not None)
+        return len(self.seeds) + (self.trial_model_seed is not None) + sum(self.fill_kept)
 
     @property
     def size(self) -> str:
@@ -165,6 +175,9 @@ class FinalResult:
             for c in d["candidates"])
         for key in ("seeds", "dev_losses", "test_losses", "samples"):
             d[key] = tuple(d[key])
+        for key in ("fill_seeds", "fill_dev_losses", "fill_kept", "fill_train_s",
+                    "fill_eval_s"):  # absent in older records
+            d[key] = tuple(d.get(key, ()))
         d["references"] = tuple(Reference(**r) for r in d.get("references", ()))
         return cls(**d)
 
@@ -249,6 +262,20 @@ class Choice:
     ensemble: Ensemble | None = None
     ensemble_dev_loss: float | None = None
     trial_model: TrialModel | None = None
+    filled: Filled | None = None  # finalize.fill's models, when it trained any
+
+
+@dataclass(frozen=True)
+class Filled:
+    """finalize.fill's models of the chosen config: their seeds, steps, best dev losses, and
+    whether each joined the ensemble (it did when it lowered the ensemble's dev loss)."""
+
+    seeds: tuple[int, ...]
+    steps: int
+    dev_losses: tuple[float, ...]
+    kept: tuple[bool, ...]
+    train_s: tuple[float, ...]  # seconds per seed in training steps ...
+    eval_s: tuple[float, ...]  # ... and in dev evaluations
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -274,8 +301,19 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", worke
     for cand in pool:
         cand.steps = plan_steps(cand, spec)
     seeds = list(range(1, spec.finalize.seeds + 1))
-    retrain(spec, pool, seeds, device=device, workers=workers, observer=observer)
+    jobs = plan_jobs(pool, seeds)
+    processes = min(workers, len(jobs))
+    if observer:
+        observer.retrainings_planned(jobs, processes)
+    retrained = time.time()
+    retrain(spec, pool, jobs, device=device, processes=processes, observer=observer)
+    # Seconds per step, all told (processes started, evaluations), in rounds of `processes`.
+    step_s = (time.time() - retrained) / (-(-len(jobs) // processes)) / max(
+        c.steps for c in pool)
     choice = choose(spec, study, pool, seeds)
+    if spec.finalize.fill:
+        choice = fill(spec, study, choice, seeds, step_s, device=device, workers=workers,
+                      observer=observer)
     tested = evaluate_test(study, spec, choice)
     return record(spec, study, pool, choice, seeds, tested, started)
 
@@ -358,14 +396,15 @@ def plan_steps(cand: Candidate, spec: StudySpec) -> int:
     return max(every, min(fit, f.steps) if f.steps else fit)
 
 
-def retrain(spec: StudySpec, pool: list[Candidate], seeds: Sequence[int], *, device: str,
-            workers: int, observer: FinalizeObserver | None) -> None:
-    """Phase 3: every candidate on every seed, here or on `workers` spawned processes; each
-    candidate gets its dev losses and models, in seed order."""
-    jobs = [Retraining(i, c.trial, seed, c.steps) for i, c in enumerate(pool) for seed in seeds]
-    processes = min(workers, len(jobs))
-    if observer:
-        observer.retrainings_planned(jobs, processes)
+def plan_jobs(pool: list[Candidate], seeds: Sequence[int]) -> list[Retraining]:
+    """Every candidate of `pool` on every seed, each for its planned steps."""
+    return [Retraining(i, c.trial, seed, c.steps) for i, c in enumerate(pool) for seed in seeds]
+
+
+def retrain(spec: StudySpec, pool: list[Candidate], jobs: list[Retraining], *, device: str,
+            processes: int, observer: FinalizeObserver | None) -> None:
+    """Phase 3: the `jobs` (candidates of `pool` on seeds), here or on `processes` spawned
+    processes; each candidate gets its dev losses and models, in seed order."""
     if processes <= 1:
         done = _retrain_here(spec, pool, jobs, device, observer)
     else:
@@ -444,6 +483,61 @@ def choose(spec: StudySpec, study: optuna.Study, pool: list[Candidate],
     ensemble = Ensemble(chosen.models + ([kept.model] if kept else []))
     dev = load_search_data(spec.data, chosen.hparams.context_length).dev
     return Choice(chosen, ensemble, _loss(ensemble, dev), kept)
+
+
+def fill(spec: StudySpec, study: optuna.Study, choice: Choice, seeds: Sequence[int],
+         step_s: float, *, device: str, workers: int,
+         observer: FinalizeObserver | None = None) -> Choice:
+    """Phase 4b (finalize.fill): the time left before the study's budget.wall_time, less
+    FINAL_OVERHEAD_S for what follows, trains more seeds of the chosen config, one per
+    process, for as many steps as fit at `step_s` seconds per step (the retrainings' pace):
+    `fill_steps`. Each joins the ensemble only if it lowers the ensemble's dev loss; the
+    choice was made without them. `choice` unchanged when too little time is left."""
+    record = storage.read_record(study)
+    cand = choice.candidate
+    if choice.ensemble is None or record is None or record.wall_time is None:
+        return choice
+    left_s = record.timeout_start + record.wall_time - trials.FINAL_OVERHEAD_S - time.time()
+    steps = fill_steps(left_s, step_s, cand.steps, spec.budget.eval_every)
+    if not steps:
+        log.info("finalize.fill: %.0f s left, too few for half a retraining (%d steps at "
+                 "%.1f ms each)", left_s, cand.steps, 1e3 * step_s)
+        return choice
+    first = max([*seeds, choice.trial_model.seed if choice.trial_model else 0]) + 1
+    extra = Candidate(cand.trial, cand.hparams, cand.steps_per_sec, steps)
+    jobs = plan_jobs([extra], range(first, first + max(1, workers)))
+    processes = min(workers, len(jobs))
+    if observer:
+        observer.filling(jobs, processes, left_s)
+    retrain(spec, [extra], jobs, device=device, processes=processes, observer=observer)
+    dev = load_search_data(spec.data, cand.hparams.context_length).dev
+    ensemble, loss, kept = grow(choice.ensemble, extra.models, dev)
+    filled = Filled(tuple(j.seed for j in jobs), steps, tuple(extra.dev_losses), kept,
+                    tuple(r.train_s for r in extra.retrained),
+                    tuple(r.eval_s for r in extra.retrained))
+    return dataclasses.replace(choice, ensemble=ensemble, ensemble_dev_loss=loss,
+                               filled=filled)
+
+
+def grow(ensemble: Ensemble, models: Sequence[MLP],
+         dev: Examples) -> tuple[Ensemble, float, tuple[bool, ...]]:
+    """`ensemble` with each of `models` that lowers its dev loss, judged in order with those
+    taken before it; its dev loss, and which were taken."""
+    members, loss = list(ensemble.members), _loss(ensemble, dev)
+    kept = []
+    for model in models:
+        grown = _loss(Ensemble([*members, model]), dev)
+        kept.append(grown < loss)
+        if kept[-1]:
+            members, loss = [*members, model], grown
+    return Ensemble(members), loss, tuple(kept)
+
+
+def fill_steps(left_s: float, step_s: float, steps: int, eval_every: int) -> int:
+    """Steps of a finalize.fill model in `left_s` seconds at `step_s` each: whole evaluation
+    intervals, at most `steps` (a retraining's); 0 when less than half of `steps` fit."""
+    fit = min(steps, int(max(left_s, 0.0) / step_s) // eval_every * eval_every)
+    return fit if fit >= steps / 2 else 0
 
 
 def trial_model(spec: StudySpec, study: optuna.Study, cand: Candidate,
@@ -553,7 +647,8 @@ def record(spec: StudySpec, study: optuna.Study, pool: list[Candidate], choice: 
         ensemble_dev_loss=choice.ensemble_dev_loss, ensemble_test_loss=tested.ensemble_loss,
         trial_model_seed=kept.seed if kept else None,
         trial_model_dev_loss=kept.dev_loss if kept else None,
-        trial_model_test_loss=tested.trial_model_loss)
+        trial_model_test_loss=tested.trial_model_loss,
+        **(_filled(choice.filled) if choice.filled else {}))
     figure = plots.embeddings(best_model.embedding.weight, itos,
                               out_dir / "plots" / "embeddings.png")
     result = dataclasses.replace(result, mlflow_run_id=_track(spec, study, result,
@@ -563,6 +658,13 @@ def record(spec: StudySpec, study: optuna.Study, pool: list[Candidate], choice: 
     storage.write_final(study, result.to_dict())
     result.save(out_dir / "final.json")
     return result
+
+
+def _filled(filled: Filled) -> dict[str, Any]:
+    """FinalResult's finalize.fill fields."""
+    return {"fill_seeds": filled.seeds, "fill_steps": filled.steps,
+            "fill_dev_losses": filled.dev_losses, "fill_kept": filled.kept,
+            "fill_train_s": filled.train_s, "fill_eval_s": filled.eval_s}
 
 
 def _iso(t: float) -> str:
@@ -597,6 +699,11 @@ def _track(spec: StudySpec, study: optuna.Study, result: FinalResult,
         if result.trial_model_test_loss is not None:
             figures |= {"trial_model_dev_loss": result.trial_model_dev_loss,
                         "trial_model_test_loss": result.trial_model_test_loss}
+        for j, dev in enumerate(result.fill_dev_losses):
+            run.log_metrics({"fill_dev_loss": dev, "fill_kept": float(result.fill_kept[j])},
+                            step=j)
+        if result.fill_seeds:
+            figures["fill_steps"] = result.fill_steps
         for ref in result.references:  # e.g. reference_test_loss.kneser-ney_6-gram
             key = re.sub(r"[^a-z0-9-]+", "_", ref.model.lower()).strip("_")
             figures |= {f"reference_dev_loss.{key}": ref.dev_loss,

@@ -29,6 +29,11 @@ WARMUP_STEPS = 2  # per precision, untimed: first calls allocate and pick kernel
 # Timed steps per precision, alternating one of each: whatever else loads the machine meanwhile
 # weighs on both alike.
 TIMED_STEPS = 12
+# Timing stops after MIN_TIMED_STEPS of each once one precision is CLEAR_RATIO times as fast as
+# the other, far from BF16_MARGIN: bf16 without native support can take 30x fp32's time (a
+# second per step on a Zen 3), and more of those steps would not change the choice.
+MIN_TIMED_STEPS = 3
+CLEAR_RATIO = 2.0
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,9 @@ def measure(hp: HParams, vocab_size: int, *, device: str = "cpu",
     """Time the manual training step of `hp`'s model (its precision aside) on random
     minibatches in fp32 and in bf16, on `device` with `threads` torch threads (default: the
     current setting, which is restored). Training later is unaffected: the weights are thrown
-    away and torch's random state is put back. About a second for search.yaml's models."""
+    away and torch's random state is put back. Up to TIMED_STEPS steps of each, fewer once
+    the choice is clear (CLEAR_RATIO): about a second for search.yaml's models where bf16
+    is native, 6 s on a Zen 3 that emulates it."""
     dev = resolve_device(device)
     before = torch.get_num_threads()
     if threads:
@@ -70,13 +77,20 @@ def measure(hp: HParams, vocab_size: int, *, device: str = "cpu",
                 for _ in range(WARMUP_STEPS):
                     step(xb, yb, 0.0)
             seconds: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-            for _ in range(TIMED_STEPS):
+            for i in range(TIMED_STEPS):
                 for p, step in steps.items():
                     seconds[p].append(_time_step(step, xb, yb, dev))
-        return Timing({p: 1e3 * statistics.median(s) for p, s in seconds.items()},
-                      torch.get_num_threads(), str(dev))
+                ms = {p: 1e3 * statistics.median(s) for p, s in seconds.items()}
+                if i + 1 >= MIN_TIMED_STEPS and _clear(ms):
+                    break
+        return Timing(ms, torch.get_num_threads(), str(dev))
     finally:
         torch.set_num_threads(before)
+
+
+def _clear(ms: dict[str, float]) -> bool:
+    """One precision is at least CLEAR_RATIO times as fast as the other."""
+    return max(ms.values()) >= CLEAR_RATIO * min(ms.values())
 
 
 def _step(hp: HParams, vocab_size: int, dev: torch.device) -> ManualStep:

@@ -66,7 +66,10 @@ def _provenance(spec: StudySpec, parent_run_id: str | None) -> list[str]:
 def ensemble_members(r: FinalResult) -> str:
     """What the final ensemble averages, in words."""
     trial = f" and trial {r.chosen_trial}'s own" if r.trial_model_seed is not None else ""
-    return f"the {len(r.seeds)} seeds' models{trial}"
+    filled = sum(r.fill_kept)
+    more = (f" and {filled} of {r.fill_steps} steps on more seeds (finalize.fill)"
+            if filled else "")
+    return f"the {len(r.seeds)} seeds' models{trial}{more}"
 
 
 def _final(spec: StudySpec, r: FinalResult) -> list[str]:

@@ -31,8 +31,10 @@ A study file has these top-level keys (all but `search` optional)::
     storage: null                     # default: embedded journal file under mlruns/
     tracking: {uri: null, experiment: null}
     finalize: {enabled: true, top_k: 3, seeds: 3, steps: null, minutes: null, samples: 20,
-               ensemble: false}       # true: the final model averages all seeds' models and
+               ensemble: false,       # true: the final model averages all seeds' models and
                                       # the chosen trial's own
+               fill: false}           # true (with ensemble, budget.wall_time): the time left
+                                      # trains more seeds of the chosen config
     registry: {enabled: true, name: null}   # the final model's registered name (null: name)
     objective:                        # absent: minimize dev loss, no constraints
       minimize: dev_loss              # or pareto: [dev_loss, n_params] (or train_seconds),
@@ -255,6 +257,11 @@ class FinalizeSpec:
     # objective's Pareto metric, e.g. {max_n_params: 80000}. The one picked trial is the
     # candidate (top_k does not apply).
     pick: PickRule | None = None
+    # With ensemble and budget.wall_time: the time the search and the retrainings left before
+    # the wall time trains more seeds of the chosen config (one per process, as many steps as
+    # fit, at least half a retraining's); each joins the ensemble only if it lowers its dev
+    # loss. Computing that would otherwise sit idle; the choice is made before, without them.
+    fill: bool = False
 
     def retraining_s(self, trial_s: float, budget_steps: int) -> float:
         """About how long one retraining takes, from its trial's seconds for budget_steps."""
@@ -851,6 +858,12 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
         if not warm_start.study:
             errors.append("warm_start.study: name the earlier study (its file or its name)")
         _at_least(warm_start, "warm_start", 1, ("top",), errors)
+    if finalize.fill and not finalize.ensemble:
+        errors.append("finalize.fill: needs finalize.ensemble: true (the models it trains "
+                      "join the final ensemble)")
+    if finalize.fill and budget.wall_time is None:
+        errors.append("finalize.fill: needs budget.wall_time (it fills the time the search "
+                      "and the retrainings leave of it)")
     for name in {p.name for p in iter_params(search)} & set(fixed):
         errors.append(f"search.{name}: also set in fixed; a parameter is fixed or searched")
     if objective.pareto and sampler_type == "cmaes":

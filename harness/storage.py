@@ -6,7 +6,8 @@
   one order for all processes (a database transaction, one ordered log in the journal), so a
   claim is a finished trial created in one ledger study per storage (`harness-claims`), and
   of several processes that take the same key, the one with the lowest trial number wins.
-  Counters (sampler seeds, test evaluations) are the ranks of the takes of one key.
+  Counters (sampler seeds, test evaluations) are the ranks of the takes of one key; a value
+  is settled by storing it with a take, the first take's value being the one every caller gets.
 - `StudyRecord`: what the study was created with (its identity, budget, timeout start, parent
   MLflow run), kept in the study's own attrs so that every process that joins agrees on it.
 - Optuna keeps a study's storage and a trial's id private; `of` and `trial_id` are the one place
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 LEDGER = "harness-claims"  # one study per storage that holds every study's claims
 CLAIM_SEP = "::"  # <study>::<key> names a claim
 _CLAIM_ATTR = "claim"
+_VALUE_ATTR = "value"  # what a take of `settle` proposed
 _RECORD_ATTR = "harness"  # the study user attr that holds its StudyRecord
 _FINAL_ATTR = "final"  # the study user attr that holds the final result
 _STOPPED_ATTR = "stopped"  # why the study stopped early (budget.patience), or None
@@ -122,17 +124,32 @@ def next_number(study: optuna.Study, counter: str) -> int:
     return _take(study, counter)
 
 
+def settle(study: optuna.Study, key: str, value: Any) -> Any:
+    """Propose `value` (JSON-serializable) for `key` on `study` and return the first value
+    proposed for it: any number of racing callers all get one value, whoever proposed it."""
+    _, takes = _takes(study, key, {_VALUE_ATTR: value})
+    return takes[0].user_attrs[_VALUE_ATTR]
+
+
 def _take(study: optuna.Study, key: str) -> int:
-    """Record a take of `key` in the ledger (one atomic trial creation) and return its rank
-    among all takes of `key`: trial numbers are handed out in one order to every process."""
+    """Record a take of `key` and return its rank among all takes of `key`."""
+    mine, takes = _takes(study, key)
+    return [t.number for t in takes].index(mine)
+
+
+def _takes(study: optuna.Study, key: str,
+           attrs: dict[str, Any] | None = None) -> tuple[int, list[FrozenTrial]]:
+    """Record a take of `key` in the ledger (one atomic trial creation, holding `attrs`) and
+    return its trial number and every take of `key` so far in number order: the storage hands
+    out trial numbers in one order to every process."""
     s, ledger = _ledger(study)
     name = f"{study.study_name}{CLAIM_SEP}{key}"
     template = optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.0,
-                                         user_attrs={_CLAIM_ATTR: name})
+                                         user_attrs={_CLAIM_ATTR: name, **(attrs or {})})
     mine = s.get_trial_number_from_id(s.create_new_trial(ledger, template_trial=template))
-    takes = sorted(t.number for t in s.get_all_trials(ledger, deepcopy=False)
-                   if t.user_attrs.get(_CLAIM_ATTR) == name)
-    return takes.index(mine)
+    takes = sorted((t for t in s.get_all_trials(ledger, deepcopy=False)
+                    if t.user_attrs.get(_CLAIM_ATTR) == name), key=lambda t: t.number)
+    return mine, takes
 
 
 def _ledger(study: optuna.Study) -> tuple[optuna.storages.BaseStorage, int]:

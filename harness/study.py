@@ -201,7 +201,7 @@ def prepare_study(spec: StudySpec, final_processes: int = 0, *, device: str = "c
     if storage.claim(study, "created"):
         identity = uuid.uuid4().hex
         parent = tracker.study_run(spec.name, identity, _spec_yaml(spec))
-        chosen = _precision(spec, None, device, threads)
+        chosen = _precision(spec, study, None, device, threads)
         record = StudyRecord(identity, parent, spec.budget.n_trials, spec.budget.timeout,
                              timeout_start=now, created=now, **chosen,
                              **_budget(spec, final_processes),
@@ -213,7 +213,7 @@ def prepare_study(spec: StudySpec, final_processes: int = 0, *, device: str = "c
         record = dataclasses.replace(record, n_trials=spec.budget.n_trials,
                                      timeout=spec.budget.timeout, timeout_start=now,
                                      **_budget(spec, final_processes),
-                                     **_precision(spec, record, device, threads))
+                                     **_precision(spec, study, record, device, threads))
         tracker.study_run(spec.name, record.identity, _spec_yaml(spec))
     if record.precision_ms is not None:  # auto: the choice and the ms per step it read
         tracker.set_tags(record.parent_run_id, {
@@ -240,8 +240,8 @@ def _budget(spec: StudySpec, final_processes: int) -> dict[str, Any]:
 _SIZES = ("context_length", "embedding_dim", "hidden_width", "hidden_layers", "batch_size")
 
 
-def _precision(spec: StudySpec, record: StudyRecord | None, device: str,
-               threads: int | None) -> dict[str, Any]:
+def _precision(spec: StudySpec, study: optuna.Study, record: StudyRecord | None,
+               device: str, threads: int | None) -> dict[str, Any]:
     """The StudyRecord fields of fixed.precision: none measured when the spec names one; with
     auto, the study's earlier choice (it stays), else the step of the largest model the study
     can sample timed here and now (harness.precision)."""
@@ -254,7 +254,12 @@ def _precision(spec: StudySpec, record: StudyRecord | None, device: str,
                                threads=threads)
     log.info("precision auto: %s (ms per step of the largest model: %s)", timing.choice,
              timing.ms)
-    return {"precision": timing.choice, "precision_ms": timing.ms}
+    chosen = {"precision": timing.choice, "precision_ms": timing.ms}
+    if record is None:  # the study's creator, which alone measures (its "created" claim)
+        return chosen
+    # Two run-studies that resume a study at once, switching it from a named precision to
+    # auto, both measure: both record the first choice stored for the record they read.
+    return storage.settle(study, f"precision@{record.timeout_start!r}", chosen)
 
 
 def resolved(spec: StudySpec, chosen: str | None) -> StudySpec:

@@ -42,26 +42,30 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
 # Two commands on one study at the same moment
 
 
-def test_claims_are_taken_by_exactly_one_of_many_racing_threads(write_study):
+def test_claims_counters_and_settled_values_hold_among_racing_threads(write_study):
     spec = load_spec(write_study(tiny_study()))
     study, _ = prepare_study(spec)
     won: list[bool] = []
     numbers: list[int] = []
+    settled: list[int] = []
     start = threading.Barrier(4)
 
-    def race() -> None:
+    def race(i: int) -> None:
         mine = load_study(spec)  # each its own storage object, as a process would have
         start.wait()
         won.append(storage.claim(mine, "prize"))
         numbers.append(storage.next_number(mine, "counter"))
+        settled.append(storage.settle(mine, "choice", {"proposed by": i}))
 
-    threads = [threading.Thread(target=race) for _ in range(4)]
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert sorted(won) == [False, False, False, True]
     assert sorted(numbers) == [0, 1, 2, 3]
+    assert len(settled) == 4 and all(v == settled[0] for v in settled)  # one of the proposals
+    assert settled[0]["proposed by"] in range(4)
 
 
 _CREATE_STORE = """

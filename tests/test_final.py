@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,17 +14,19 @@ from mlflow import MlflowClient
 import harness.data
 from harness import paths, report, storage, trials
 from harness.coordinator import run_search
-from harness.data import SealedSplitError, load_test_examples
+from harness.data import SealedSplitError, load_search_data, load_test_examples
 from harness.final import (
     AlreadyFinalized,
     Candidate,
     FinalResult,
+    fill_steps,
     final_model,
     finalize,
+    grow,
     plan_steps,
 )
 from harness.hparams import HParams
-from harness.model import Ensemble, load_model, mean_loss, sample_words
+from harness.model import MLP, Ensemble, load_model, mean_loss, sample_words
 from harness.spec import load_spec
 from harness.study import load_study
 
@@ -211,6 +214,79 @@ def test_saved_model_loads_without_unpickling_and_samples(write_study):
     a = sample_words(model, itos, 20, seed=0)
     assert a == sample_words(model, itos, 20, seed=0) and len(a) == 20
     assert all("." not in w and len(w) <= 32 for w in a)
+
+
+@pytest.mark.parametrize(("left_s", "expected"), [
+    (100.0, 10_000),  # room for all of a retraining's steps: no more than those
+    (30.0, 6_000),  # 6,000 steps at 5 ms: whole evaluation intervals
+    (20.0, 0),  # 4,000 steps: under half a retraining
+    (-5.0, 0),  # the wall time has passed
+])
+def test_fill_trains_what_fits_and_at_least_half_a_retraining(left_s, expected):
+    assert fill_steps(left_s, step_s=0.005, steps=10_000, eval_every=1_000) == expected
+
+
+def test_a_model_joins_the_ensemble_only_if_it_lowers_its_dev_loss():
+    from harness.train import train
+
+    hp = HParams(context_length=3, embedding_dim=8, hidden_width=32, batch_size=32,
+                 optimizer="adamw", lr=1e-2, lr_schedule="constant")
+    data = load_search_data(load_spec(REPO / "studies" / "quick.yaml").data, 3)
+    trained = train(hp, data, steps=300, eval_every=100).model
+    untrained = [MLP.from_hparams(replace(hp, seed=s), len(data.vocab)).eval() for s in (1, 2)]
+    ensemble, loss, kept = grow(Ensemble([untrained[0]]), [trained, untrained[1]], data.dev)
+    assert kept == (True, False)  # the trained model helps; another untrained one does not
+    assert list(ensemble.members) == [untrained[0], trained]
+    assert loss == pytest.approx(mean_loss(ensemble, data.dev.X, data.dev.Y))
+    assert loss < mean_loss(untrained[0], data.dev.X, data.dev.Y)
+
+
+def _fill_study(wall_time: float) -> dict:
+    return tiny_study(budget={"n_trials": 1, "steps": 100, "eval_every": 50,
+                              "wall_time": wall_time},
+                      finalize={"top_k": 1, "seeds": 1, "samples": 0, "ensemble": True,
+                                "fill": True})
+
+
+def test_fill_trains_more_seeds_in_the_time_left_and_keeps_those_that_help(write_study,
+                                                                           capsys):
+    """Minutes left of budget.wall_time after the retrainings: one more seed per process
+    (here 2), for a retraining's steps; each is in the saved ensemble exactly when it lowered
+    the ensemble's dev loss."""
+    from harness.cli import format_final
+
+    spec = load_spec(write_study(_fill_study(wall_time=900)))
+    run_search(spec)
+    result = finalize(spec, workers=2)
+    assert result.seeds == (1,) and result.trial_model_seed == 0
+    assert result.fill_seeds == (2, 3) and result.fill_steps == 100
+    assert len(result.fill_dev_losses) == len(result.fill_kept) == 2
+    model, hp, _ = final_model(spec)
+    assert len(model.members) == result.members == 2 + sum(result.fill_kept)
+    dev = load_search_data(spec.data, hp.context_length).dev
+    assert mean_loss(model, dev.X, dev.Y) == pytest.approx(result.ensemble_dev_loss)
+    # Each model joined only by lowering the loss of the members before it.
+    members, loss = list(model.members[:2]), mean_loss(Ensemble(model.members[:2]), dev.X, dev.Y)
+    for joined in result.fill_kept:
+        if joined:
+            members.append(model.members[len(members)])
+            grown = mean_loss(Ensemble(members), dev.X, dev.Y)
+            assert grown < loss
+            loss = grown
+    assert loss == pytest.approx(result.ensemble_dev_loss)
+    assert result.test_evaluations == 1
+    assert FinalResult.load(paths.study_dir("tiny") / "final.json") == result
+    metrics = MlflowClient(paths.tracking_uri()).get_metric_history(result.mlflow_run_id,
+                                                                    "fill_dev_loss")
+    assert [m.value for m in metrics] == pytest.approx(list(result.fill_dev_losses))
+    assert "filled     seeds 2, 3 (100 steps, the time left)" in format_final(result)
+
+
+def test_fill_trains_nothing_once_the_wall_time_has_passed(write_study):
+    spec = load_spec(write_study(_fill_study(wall_time=1)))
+    run_search(spec)  # its one trial runs: nothing to go by before it
+    result = finalize(spec)
+    assert result.fill_seeds == () and result.members == 2
 
 
 def test_an_ensemble_final_model_averages_the_chosen_configs_seeds(write_study, capsys):

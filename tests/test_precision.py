@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 
 import pytest
 import torch
@@ -44,6 +45,24 @@ def test_measure_times_both_precisions_and_leaves_training_unaffected():
     assert timing.threads == 1 and timing.device == "cpu"
     assert set(timing.ms) == {"fp32", "bf16"} and all(ms > 0 for ms in timing.ms.values())
     assert timing.choice in ("fp32", "bf16")
+
+
+@pytest.mark.parametrize(("bf16_ms", "timed"), [(30.0, precision.MIN_TIMED_STEPS),
+                                                (1.5, precision.TIMED_STEPS)])
+def test_timing_stops_early_only_once_the_choice_is_clear(monkeypatch, bf16_ms, timed):
+    """bf16 30x slower (emulated, as on a Zen 3): the minimum of timed steps; 1.5x slower
+    (near the margin): all of them."""
+    calls: list[int] = []
+
+    def fake(step, xb, yb, dev):  # the steps alternate fp32, bf16 (PRECISIONS' order)
+        calls.append(1)
+        return 1e-3 if len(calls) % 2 else bf16_ms * 1e-3
+
+    monkeypatch.setattr(precision, "_time_step", fake)
+    hp = HParams(context_length=3, embedding_dim=8, hidden_width=32, batch_size=16)
+    timing = precision.measure(hp, 27, threads=1)
+    assert timing.ms == {"fp32": 1.0, "bf16": bf16_ms} and timing.choice == "fp32"
+    assert len(calls) == 2 * timed
 
 
 def test_auto_is_a_fixed_value_only(write_study):
@@ -99,6 +118,39 @@ def test_a_worker_with_auto_cannot_join_a_study_that_named_its_precision(write_s
     with pytest.raises(BudgetConflict, match="fixed.precision is auto"):
         work(load_spec(path, ["fixed.precision=auto"]))
     assert trials.records(load_study(load_spec(path))) == []  # it ran nothing
+
+
+def test_two_resumes_switching_a_study_to_auto_at_once_agree_on_one_precision(write_study,
+                                                                              monkeypatch):
+    """Both read the record before either writes, and their measurements disagree (one says
+    bf16, the other fp32): both record the same choice, so every worker trains in one."""
+    path = write_study(tiny_study())
+    prepare_study(load_spec(path))  # a precision named (fp32): none measured
+    both_measuring = threading.Barrier(2)
+    answers = iter([(2.0, 1.0), (1.0, 2.0)])
+    lock = threading.Lock()
+
+    def fake(hp, vocab_size, *, device="cpu", threads=None):
+        with lock:
+            fp32, bf16 = next(answers)
+        both_measuring.wait(timeout=30)
+        return precision.Timing({"fp32": fp32, "bf16": bf16}, 1, device)
+
+    monkeypatch.setattr(precision, "measure", fake)
+    records = []
+
+    def resume() -> None:
+        records.append(prepare_study(load_spec(path, ["fixed.precision=auto"]))[1])
+
+    threads = [threading.Thread(target=resume) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(records) == 2
+    assert records[0].precision == records[1].precision
+    assert records[0].precision_ms == records[1].precision_ms
+    assert storage.read_record(load_study(load_spec(path))).precision == records[0].precision
 
 
 @pytest.mark.slow

@@ -69,6 +69,19 @@ def test_all_errors_reported_at_once_with_key_paths(write_study):
     assert len(errors) >= 7
 
 
+def test_finalize_fill_needs_an_ensemble_and_a_wall_time(write_study):
+    with pytest.raises(SpecError, match="2 errors") as info:
+        load_spec(write_study(tiny_study(finalize={"fill": True})))
+    assert info.value.errors == [
+        "finalize.fill: needs finalize.ensemble: true (the models it trains join the final "
+        "ensemble)",
+        "finalize.fill: needs budget.wall_time (it fills the time the search and the "
+        "retrainings leave of it)"]
+    spec = load_spec(write_study(tiny_study(budget={"wall_time": 600},
+                                            finalize={"fill": True, "ensemble": True})))
+    assert spec.finalize.fill
+
+
 @pytest.mark.parametrize(
     ("study", "message"),
     [
