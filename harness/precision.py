@@ -58,7 +58,7 @@ def measure(hp: HParams, vocab_size: int, *, device: str = "cpu",
     current setting, which is restored). Training later is unaffected: the weights are thrown
     away and torch's random state is put back. Up to TIMED_STEPS steps of each, fewer once
     the choice is clear (CLEAR_RATIO): about a second for search.yaml's models where bf16
-    is native, 6 s on a Zen 3 that emulates it."""
+    is native, 6-8 s (measured) on a Zen 3 that emulates it."""
     dev = resolve_device(device)
     before = torch.get_num_threads()
     if threads:
