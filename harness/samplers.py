@@ -42,6 +42,11 @@ def build_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.Base
         return optuna.samplers.QMCSampler(seed=seed, **opts)
     if kind == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, **opts)
+    if kind == "gp":
+        # A Gaussian process fitted to the complete trials only: a pruned trial teaches it
+        # nothing (TPE ranks pruned trials by their last reported loss). Parameters outside
+        # every complete trial's space (an unchosen conditional branch) are drawn at random.
+        return optuna.samplers.GPSampler(seed=seed, **opts)
     if kind == "grid":
         return optuna.samplers.GridSampler(grid_space(spec.search), seed=seed)
     raise ValueError(f"unknown sampler {kind!r}")

@@ -142,6 +142,7 @@ SAMPLER_OPTIONS: Mapping[str, Mapping[str, type]] = {
     "qmc": {"seed": int, "qmc_type": str, "scramble": bool},
     "grid": {"seed": int},
     "cmaes": {"seed": int, "n_startup_trials": int, "sigma0": float},
+    "gp": {"seed": int, "n_startup_trials": int, "deterministic_objective": bool},
 }
 PRUNER_OPTIONS: Mapping[str, Mapping[str, type]] = {
     "none": {},
