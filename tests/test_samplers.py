@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from harness.samplers import build_sampler
-from harness.spec import SAMPLER_OPTIONS, load_spec
+from harness.spec import SAMPLER_OPTIONS, StudySpec, load_spec
 from harness.study import suggest
 from tests.conftest import tiny_study
 
@@ -24,7 +24,13 @@ def _loss(params: dict) -> float:
         + (0.0 if params["batch_size"] == 32 else 0.1)
 
 
-def _study(sampler: optuna.samplers.BaseSampler, spec, n: int) -> optuna.Study:
+def _spec(write_study: Callable[..., Path], sampler: dict) -> StudySpec:
+    """A study of SPACE (its other sizes fixed, as the space leaves them) with `sampler`."""
+    return load_spec(write_study(tiny_study(sampler=sampler, search=SPACE,
+                                            fixed={"embedding_dim": 8, "hidden_width": 32})))
+
+
+def _study(sampler: optuna.samplers.BaseSampler, spec: StudySpec, n: int) -> optuna.Study:
     study = optuna.create_study(sampler=sampler)
     for _ in range(n):
         trial = study.ask()
@@ -35,9 +41,7 @@ def _study(sampler: optuna.samplers.BaseSampler, spec, n: int) -> optuna.Study:
 @pytest.mark.parametrize("kind", sorted(set(SAMPLER_OPTIONS) - {"grid"}))
 def test_each_sampler_runs_the_space_with_its_seed(kind: str, write_study: Callable[..., Path]
                                                    ) -> None:
-    fixed = {"embedding_dim": 8, "hidden_width": 32}
-    spec = load_spec(write_study(tiny_study(sampler={"type": kind, "seed": 3}, search=SPACE,
-                                            fixed=fixed)))
+    spec = _spec(write_study, {"type": kind, "seed": 3})
     first = _study(build_sampler(spec, seed_offset=1000), spec, 4)
     again = _study(build_sampler(spec, seed_offset=1000), spec, 4)
     other = _study(build_sampler(spec, seed_offset=2000), spec, 4)
@@ -48,9 +52,7 @@ def test_each_sampler_runs_the_space_with_its_seed(kind: str, write_study: Calla
 
 def test_gp_proposes_from_its_model_after_its_startup_trials(write_study: Callable[..., Path]
                                                             ) -> None:
-    spec = load_spec(write_study(tiny_study(
-        sampler={"type": "gp", "seed": 0, "n_startup_trials": 4}, search=SPACE,
-        fixed={"embedding_dim": 8, "hidden_width": 32})))
+    spec = _spec(write_study, {"type": "gp", "seed": 0, "n_startup_trials": 4})
     sampler = build_sampler(spec)
     assert isinstance(sampler, optuna.samplers.GPSampler)
     study = _study(sampler, spec, 4)
