@@ -15,9 +15,9 @@ import argparse
 
 from optuna.trial import TrialState
 
-from harness import trials
-from harness.spec import load_spec
-from harness.study import load_study
+from harness.config import load_spec
+from harness.search import records
+from harness.search.liveness import load_study
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[15, 30, 45])
     args = parser.parse_args()
     spec = load_spec(args.study, args.set)
-    recs = trials.search_records(load_study(spec))
+    recs = records.search_records(load_study(spec))
     own = [r for r in recs if not r.warm_from and r.started]
     start = min(r.started for r in own)
     print(f"study {spec.name}: {len(own)} trials of its own, {len(recs) - len(own)} warm")

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from harness.checkpoints import CheckpointStore
-from harness.data import DataConfig, load_search_data
-from harness.hparams import HParams
-from harness.train import TrainState, train
+from harness.config import DataConfig
+from harness.config.hparams import HParams
+from harness.search.checkpoints import CheckpointStore
+from harness.training.data import load_search_data
+from harness.training.train import TrainState, train
 
 CONFIGS = {
     # studies/RESULTS.md, run 4's best trial (783,297 parameters)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from harness.model import dropout_mask
+from harness.training.model import dropout_mask
 
 
 def per_mask_ms(fn: Callable[[], torch.Tensor]) -> tuple[float, float]:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from harness import hparams
-from harness.model import MLP
-from harness.steps import PRECISION_DTYPES, ManualStep
+from harness.config import hparams
+from harness.training.model import MLP
+from harness.training.steps import PRECISION_DTYPES, ManualStep
 
 REPO = Path(__file__).resolve().parent.parent
 VOCAB = 27

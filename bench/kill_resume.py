@@ -47,9 +47,9 @@ def run_study(folder: Path) -> subprocess.Popen:
 def records(folder: Path) -> list:
     """The study's trials, read from its storage (empty before it exists)."""
     os.environ["HARNESS_ROOT"] = str(folder / "mlruns")
-    from harness import trials
-    from harness.spec import load_spec
-    from harness.study import load_study
+    from harness.config import load_spec  # after HARNESS_ROOT is set for this folder
+    from harness.search import records as trials
+    from harness.search.liveness import load_study
 
     if not (folder / "mlruns" / "optuna.journal").exists():
         return []

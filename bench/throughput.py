@@ -91,9 +91,9 @@ def trial_figures(root: Path) -> tuple[float, float]:
     """From the study's own records: the share of trial time spent outside train() (Optuna,
     MLflow, data), and trials per hour from the first trial's start to the last one's end
     (the rate a long study runs at, without the command's start-up and end)."""
-    from harness import trials
-    from harness.spec import load_spec
-    from harness.study import load_study
+    from harness.config import load_spec  # after HARNESS_ROOT is set for this folder
+    from harness.search import records as trials
+    from harness.search.liveness import load_study
 
     os.environ["HARNESS_ROOT"] = str(root)
     study = load_study(load_spec(root.parent / "bench.yaml"))
@@ -106,9 +106,10 @@ def trial_figures(root: Path) -> tuple[float, float]:
 
 CONCURRENT = """
 import sys, torch
-from harness.data import DataConfig, load_search_data
-from harness.hparams import HParams
-from harness.train import train
+from harness.config import DataConfig
+from harness.config.hparams import HParams
+from harness.training.data import load_search_data
+from harness.training.train import train
 torch.set_num_threads(1)
 data = load_search_data(DataConfig(), 3)
 train(HParams(), data, steps=500, eval_every=500)  # warm up
@@ -134,9 +135,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "throughput.json")
     args = ap.parse_args()
 
-    from harness.data import DataConfig, load_search_data
-    from harness.hparams import HParams
-    from harness.train import train
+    from harness.config import DataConfig
+    from harness.config.hparams import HParams
+    from harness.training.data import load_search_data
+    from harness.training.train import train
 
     data = load_search_data(DataConfig(), 3)
     rows: dict[str, float] = {}

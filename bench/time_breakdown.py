@@ -22,9 +22,10 @@ import calendar
 import time
 from collections import defaultdict
 
-from harness import storage, trials
-from harness.spec import load_spec
-from harness.study import load_study
+from harness.config import load_spec
+from harness.search import records
+from harness.search import records as trials
+from harness.search.liveness import load_study
 
 PHASES = {  # recorded phase -> row name
     "sample": "sampler (ask, suggest)",
@@ -54,14 +55,14 @@ def main() -> None:
     args = parser.parse_args()
     spec = load_spec(args.study, args.set)
     study = load_study(spec)
-    record = storage.read_record(study)
+    record = records.read_record(study)
     recs = [r for r in trials.search_records(study) if not r.warm_from and r.started
             and r.completed]
     workers = args.workers or spec.workers.count
     start = args.wall_start or (record.timeout_start if record else
                                 min(r.started.timestamp() for r in recs))
     search_end = max(r.completed.timestamp() for r in recs)
-    final = storage.read_final(study)
+    final = records.read_final(study)
     final_end = (calendar.timegm(time.strptime(final["finished_at"], "%Y-%m-%d %H:%M:%S UTC"))
                  if final else search_end)
     end = args.wall_end or final_end

@@ -1,30 +1,26 @@
 """harness: hyperparameter search for character-level MLP language models.
 
-Modules, one concept each, from the bottom up:
+The package is a house of floors. Each floor imports only from the floors below it (the
+import contract in pyproject.toml checks it in CI), and data flows one way: study file ->
+config -> search (per trial: params -> train() -> records and tracking) -> final (the one test
+evaluation) -> results -> the CLI shows it.
 
-- `data`: words, vocabulary, splits, context windows; the sealed test split
-- `hparams`: hyperparameters and their defaults (the one source of them)
-- `model`: the MLP, sampling, the model file
-- `steps`: one optimizer step (hand-written backward, autograd reference, CUDA graph)
-- `train`: the one training loop, used by trials and the final model alike
-- `spec`: study files -> a validated StudySpec
-- `journal`: damage in the embedded journal storage, found before writing
-- `storage`: the Optuna storage, claims (compare-and-set), what a study was created with
-- `trials`: what a trial is in storage (TrialRecord), the counting rules, the reaper
-- `samplers`: the spec's sampler and pruner, and its space in Optuna's terms
-- `pareto`: Pareto mode's front (dev loss against size or time) and finalize's pick rules
-- `checkpoints`: trial checkpoints on disk (and on a tracking server), for resuming retries
-- `events`: progress events the search and finalize report to an observer
-- `study`: creating or joining a study, the objective, one worker's trial loop
-- `coordinator`: run-study: local worker processes, progress, leaderboard, figures
-- `final`: the final model, the only reader of the test split (FinalResult)
-- `tracking`: MLflow runs; with `registry` (the final model as an MLflow model) the only
-  modules that import mlflow
-- `provenance` (code, packages, machine, command), `reproduce` (retrain a recorded trial),
-  `report` (a study as one Markdown file)
-- `leaderboard`, `plots`, `lr_find`, `baseline` (count-based n-grams): looking at results
-- `paths` (the results folder), `redact` (masking passwords), `logs` (logging set-up)
-- `cli`: the `harness` command (`python -m harness` too): parsing and printing only
+    cli/        the `harness` command: parsing, progress display, text of each result
+    api         the same as Python functions (a notebook's entry)
+    results/    leaderboard, plots, report (read-only over records); reproduce, lr-find
+    final/      candidates, retraining, choosing, the final rules (ensemble, fill), the one
+                test evaluation, the result
+    search/     the Optuna storage, claims, records, space, samplers, stop rules, the
+                objective, the worker loop, local workers, warm start, Pareto mode
+    tracking/   MLflow runs, the model registry, remote artifacts (the only mlflow importer)
+    training/   data (the test split sealed), the MLP, the optimizer step, the one training
+                loop, precision, count-based baselines (torch, never Optuna or MLflow)
+    config/     hyperparameters and their defaults, the study file's schema, loading and
+                validation (no torch, Optuna or MLflow)
+    util/       paths and atomic writes, processes and threads, redaction, logs, provenance
+    errors      HarnessError(exit_code): the root of every error raised on purpose
+
+The search floor cannot import the final floor: no trial can even reach the test evaluation.
 """
 
 __version__ = "0.1.0"

@@ -1,0 +1,126 @@
+"""Reading a study file: YAML (safely), `--set` overrides, then validation.
+
+`load_spec` is the one entry: read the file, apply `--set KEY=VALUE` overrides to the parsed
+YAML (so they are checked like the file itself), validate, and return a StudySpec or raise a
+SpecError with every problem at once. Small floats such as `1e-4` read as numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.config.schema import StudySpec
+from harness.config.validate import validate
+from harness.errors import SpecError
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, reading `1e-4` as a float (YAML 1.1 would read it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML safely; a syntax error becomes a SpecError with line and column."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        kind = ("unsupported YAML tag (study files are read with the safe loader)"
+                if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error")
+        raise SpecError(source, [f"{kind}: {where}{exc.problem or exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(source, [f"YAML error: {exc}"]) from None
+
+
+
+
+def parse_assignments(items: Sequence[str], flag: str, source: str) -> dict[str, Any]:
+    """`KEY=VALUE` strings -> {KEY: value}, each value parsed as YAML (`1e-4` is a float)."""
+    errors: list[str] = []
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not all(key.split(".")):
+            errors.append(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} budget.n_trials=4")
+            continue
+        try:
+            out[key] = yaml.load(text, Loader=_Loader) if text.strip() else None  # noqa: S506
+        except yaml.YAMLError:
+            out[key] = text
+    if errors:
+        raise SpecError(source, errors)
+    return out
+
+
+def apply_overrides(raw: Mapping[str, Any], values: Mapping[str, Any],
+                    source: str) -> dict[str, Any]:
+    """A copy of the study mapping with `{"key.path": value}` set (e.g. from --set)."""
+    errors: list[str] = []
+    out = _deepcopy_mapping(raw)
+    for key, value in values.items():
+        parts = key.split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                errors.append(f"--set {key}: {'.'.join(parts[: i + 1])} is not a mapping")
+                break
+        else:
+            node[parts[-1]] = value
+    if errors:
+        raise SpecError(source, errors)
+    return out
+
+
+def _deepcopy_mapping(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deepcopy_mapping(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = (),
+              values: Mapping[str, Any] | None = None) -> StudySpec:
+    """Read, override and validate a study file. Raises SpecError (all problems at once).
+
+    `overrides` are `key.path=value` strings (values parsed as YAML); `values` are already
+    parsed, e.g. {"storage": url} from a command-line flag.
+    """
+    p = Path(path)
+    source = str(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(source, ["study file not found"]) from None
+    except IsADirectoryError:
+        raise SpecError(source, ["this is a directory, not a study file"]) from None
+    except UnicodeDecodeError:
+        raise SpecError(source, ["the study file is not UTF-8 text"]) from None
+    except OSError as exc:
+        raise SpecError(source, [f"cannot read the study file: {exc.strerror}"]) from None
+    raw = parse_yaml(text, source)
+    if raw is not None and not isinstance(raw, dict):
+        raise SpecError(source, [f"a study file is a mapping of keys, got {type(raw).__name__}"])
+    assignments = {**parse_assignments(overrides, "--set", source), **(values or {})}
+    raw = apply_overrides(raw or {}, assignments, source)
+    return validate(raw, source, default_name=p.stem)
+

@@ -1,0 +1,4 @@
+"""The final floor: candidates, retraining, choosing, the final rules (ensemble, fill), the one
+test evaluation, and the result. Importing it registers every rule's result section."""
+
+from harness.final import rules as _rules  # noqa: F401  (registers the sections)

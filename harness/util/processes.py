@@ -1,0 +1,98 @@
+"""Processes and threads: whether a process lives, how many torch threads a worker gets, and
+how a command stops on SIGTERM or Ctrl-C.
+
+The thread rule lives here once: several processes with torch's default threads each (one per
+core) collapse to a fraction of the speed on a small machine, so each of N workers on a host
+gets cores / N threads, unless the study names a number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` on this host runs (a zombie does not)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def threads_per_worker(n_workers: int, threads: int | None = None) -> int:
+    """Torch threads for each of `n_workers` CPU processes on this host sharing its cores:
+    `threads` when given (workers.threads), else cores // n_workers, at least 1."""
+    return threads or max(1, (os.cpu_count() or 1) // max(1, n_workers))
+
+
+def interrupt_once() -> Callable[[int, Any], None]:
+    """A signal handler that raises KeyboardInterrupt at the first signal and ignores later
+    ones, so that the interrupted process can record its trial undisturbed."""
+    fired = False
+
+    def handler(signum: int, frame: Any) -> None:
+        # Stays installed, and does nothing after the first signal: swapping in SIG_IGN here
+        # would race with a second signal already on its way.
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise KeyboardInterrupt
+
+    return handler
+
+
+def interrupt_on_signals() -> None:
+    """The first SIGTERM, or SIGINT, raises KeyboardInterrupt; later ones are ignored, so that
+    a worker can record its interrupted trial (a terminal's Ctrl-C reaches every process of the
+    group). A SIGINT ignored by whoever started the harness (`nohup ... &`) stays ignored."""
+    handler = interrupt_once()
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """`kill PID` (SIGTERM: what a scheduler or `timeout` sends) stops a command as Ctrl-C
+    does: local workers stopped, their trials re-queued, exit 130. Without it the command
+    would die at once and leave its worker processes running. Later SIGTERMs are ignored
+    while it stops."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt_once())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop_with_parent(parent: int | None) -> None:
+    """Have this process interrupted (SIGTERM) when `parent` dies, even by SIGKILL, rather
+    than go on working with no one supervising it. Linux only (prctl). Exits at once (130)
+    when the parent died before the request took effect."""
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        raise SystemExit(130)
