@@ -19,6 +19,7 @@ from harness.final.result import FinalResult
 from harness.results.publish import publish_final, publish_search
 from harness.search.events import SearchObserver
 from harness.search.local import run_search
+from harness.util import paths
 
 
 def load_study_file(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
@@ -28,18 +29,25 @@ def load_study_file(path: str | Path, overrides: Sequence[str] = ()) -> StudySpe
 
 
 def search(spec: StudySpec, *, workers: int | None = None, device: str = "cpu",
-           observer: SearchObserver | None = None, finalize_next: bool = False) -> optuna.Study:
+           observer: SearchObserver | None = None, finalize_next: bool = False,
+           allow_data_change: bool = False) -> optuna.Study:
     """Create or resume the study and run its trials until it has budget.n_trials (or a stop
     rule ends it); the leaderboard and figures are written at the end, interrupted or not.
-    `finalize_next`: the final model follows (budget.wall_time keeps time for it)."""
+    `finalize_next`: the final model follows (budget.wall_time keeps time for it).
+    `allow_data_change`: accept data that changed since the study was created."""
+    paths.require_writable()
     return run_search(spec, workers=workers, observer=observer, device=device,
-                      finalize=finalize_next, on_end=functools.partial(publish_search, spec))
+                      finalize=finalize_next, on_end=functools.partial(publish_search, spec),
+                      allow_data_change=allow_data_change)
 
 
 def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", workers: int = 1,
-             observer: FinalizeObserver | None = None) -> FinalResult:
-    """Choose the final model on dev, evaluate it once on test, save and record it."""
+             observer: FinalizeObserver | None = None,
+             allow_data_change: bool = False) -> FinalResult:
+    """Choose the final model on dev, evaluate it once on test, save and record it (or finish
+    what an interrupted finalize left)."""
+    paths.require_writable()
     result = final.finalize(spec, force=force, device=device, workers=workers,
-                            observer=observer)
+                            observer=observer, allow_data_change=allow_data_change)
     publish_final(spec, result)
     return result

@@ -47,6 +47,10 @@ class DataError(InputError, ValueError):
     """The data file or the split cannot be used; the message says why."""
 
 
+class DataChanged(DataError):
+    """The data file differs from the one the study was created on."""
+
+
 class BudgetConflict(InputError, ValueError):
     """A joining worker's study file disagrees with what the study recorded: a budget set on
     its command line, or fixed.precision auto where the study chose none."""
@@ -101,6 +105,11 @@ class TrialLost(HarnessError, RuntimeError):
     def at(cls, number: int, step: int) -> TrialLost:
         return cls(f"trial {number} was failed by another worker (its heartbeat went stale) "
                    f"at step {step}; stopped training")
+
+
+class MemoryBudgetExceeded(HarnessError, MemoryError):
+    """A config, a sampling run or a model file would need more memory than this machine has
+    free; nothing was allocated. A trial records it as its failure and the study goes on."""
 
 
 class WorkersFailed(HarnessError, RuntimeError):

@@ -17,7 +17,7 @@ from harness.final.publish import final_model
 from harness.final.result import FinalResult
 from harness.results import leaderboard, report
 from harness.results.reproduce import reproduce
-from harness.search import counting, records, storage
+from harness.search import counting, data_guard, records, storage
 from harness.search.checkpoints import open_checkpoints
 from harness.search.liveness import load_study
 from harness.tracking import is_server, open_tracker
@@ -70,6 +70,12 @@ def status(args: argparse.Namespace, specs: Sequence[StudySpec]) -> int:
 
 def sample(args: argparse.Namespace, specs: Sequence[StudySpec]) -> int:
     spec = specs[0]
+    try:
+        study = load_study(spec)
+    except StudyNotFound:
+        study = None  # no study: no final model either (said below)
+    if study is not None and (record := records.read_record(study)) is not None:
+        data_guard.check(spec, study, record, args.allow_data_change)
     if args.model:  # a registered model, through the study's tracking store
         from harness.tracking.registry import load  # mlflow.pyfunc: seconds to import
 
@@ -111,7 +117,8 @@ def reproduce_trial(args: argparse.Namespace, specs: Sequence[StudySpec]) -> int
     spec = specs[0]
     print(f"retraining trial {args.trial} of study {spec.name} from its recorded config and "
           "seed", file=sys.stderr)
-    r = reproduce(spec, args.trial, device=args.device)
+    r = reproduce(spec, args.trial, device=args.device,
+                  allow_data_change=args.allow_data_change)
     print(f"trial {r.trial}: best dev loss recorded {r.recorded:.6f}, reproduced "
           f"{r.reproduced:.6f} ({r.steps} steps, {r.threads} torch thread(s); recorded with "
           f"{r.recorded_threads or 'unknown'})")
@@ -138,6 +145,7 @@ def write_report(args: argparse.Namespace, specs: Sequence[StudySpec]) -> int:
 
 def baselines(args: argparse.Namespace, specs: Sequence[StudySpec]) -> int:
     spec = specs[0]
+    paths.require_writable()
     print(f"count-based models on the split of {spec.name} (train counts, dev loss; the "
           "test split is not read)", file=sys.stderr)
     results = baseline.baselines(spec.data)
@@ -157,8 +165,7 @@ def board(args: argparse.Namespace, specs: Sequence[StudySpec]) -> int:
                                         spec.objective.pareto))
     text = leaderboard.render(boards, args.format, args.top)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text, encoding="utf-8")
+        paths.output_file(Path(args.out)).write_text(text, encoding="utf-8")
         print(f"written to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -8,13 +8,18 @@ is reported at once; the commands (and the libraries they need) are imported aft
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from harness.cli.parser import build_parser
 from harness.config import StudySpec, load_spec
-from harness.errors import EXIT_INTERRUPTED, HarnessError
-from harness.util import logs, provenance
+from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, HarnessError
+from harness.util import logs, paths, provenance
 from harness.util.processes import sigterm_as_interrupt
 from harness.util.redact import redact
 
@@ -52,6 +57,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # the last resort: a fault the harness did not foresee
+        where = _keep_traceback()
+        print(f"error: {type(exc).__name__} in `harness {args.command}`: "
+              f"{redact(str(exc).strip().splitlines()[0] if str(exc).strip() else '')} "
+              f"(an unexpected fault; the full traceback is in {where})", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _keep_traceback() -> str:
+    """Write the current exception's traceback to a file under the results root (else the
+    system's temporary folder); returns where."""
+    text = redact(traceback.format_exc())
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    for folder in (lambda: paths.root() / "errors", lambda: Path(tempfile.gettempdir())):
+        try:
+            path = folder() / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            return str(path)
+        except (OSError, HarnessError):
+            continue
+    return "nowhere (no folder could be written): run again with -v to see it"
 
 
 if __name__ == "__main__":

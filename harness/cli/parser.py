@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from harness import __version__
+from harness.config.hparams import MAX_SEED
 
 EPILOG = """\
 examples:
@@ -40,6 +42,47 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """An argparse type: a seed, 0..2^63-1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..2^63-1, got {value}")
+    return value
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 1..65535."""
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in 1..65535, got {value}")
+    return value
+
+
+def trial_number(text: str) -> int:
+    """An argparse type: a trial's number, >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _options() -> dict[str, argparse.ArgumentParser]:
     """Options shared by several commands, each declared once (argparse parent parsers)."""
     stores = argparse.ArgumentParser(add_help=False)
@@ -60,7 +103,13 @@ def _options() -> dict[str, argparse.ArgumentParser]:
     param.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                        help="a hyperparameter value, e.g. --param lr=0.05 (repeatable; the "
                             "study's fixed values and the defaults otherwise)")
-    return {"stores": stores, "device": device, "workers": workers, "param": param}
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument("--allow-data-change", action="store_true",
+                      help="accept a data file that changed since the study was created (the "
+                           "study records the change, and its final result says so); without "
+                           "it the command refuses and says what changed")
+    return {"stores": stores, "device": device, "workers": workers, "param": param,
+            "data": data}
 
 
 # What each command does: its line in `harness --help` and the head of `harness CMD --help`.
@@ -125,7 +174,7 @@ Add = Any  # add(name, *shared options, many=False) -> the command's parser
 
 def _search_commands(add: Add) -> None:
     """The commands that run trials or the final model."""
-    p = add("run-study", "stores", "device", "workers")
+    p = add("run-study", "stores", "device", "workers", "data")
     p.add_argument("--no-finalize", action="store_true",
                    help="stop after the search; do not retrain the best trials or touch the "
                         "test split")
@@ -133,8 +182,8 @@ def _search_commands(add: Add) -> None:
                    help="run a named config first, cut to the study's space (repeatable; "
                         "names: lecture). Like `enqueue:` in the study file: it takes effect "
                         "when the study is created")
-    add("worker", "stores", "device")
-    p = add("finalize", "stores", "device", "workers")
+    add("worker", "stores", "device", "data")
+    p = add("finalize", "stores", "device", "workers", "data")
     p.add_argument("--force", action="store_true",
                    help="finalize again even though the test split was already evaluated "
                         "(the study's storage counts every evaluation)")
@@ -143,10 +192,10 @@ def _search_commands(add: Add) -> None:
 def _look_commands(add: Add) -> None:
     """The commands that look at results."""
     add("status", "stores")
-    p = add("sample", "stores")
+    p = add("sample", "stores", "data")
     p.add_argument("-n", type=positive_int, default=20, help="how many names (default: 20)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--temperature", type=float, default=1.0,
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
+    p.add_argument("--temperature", type=positive_float, default=1.0,
                    help="softmax temperature: below 1 safer, above 1 wilder (default: 1.0)")
     p.add_argument("--max-length", type=positive_int, default=32,
                    help="longest name, in characters (default: 32)")
@@ -164,7 +213,7 @@ def _look_commands(add: Add) -> None:
     p = add("ui", "stores")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    p.add_argument("--port", type=port, default=5000, help="port (default: 5000)")
 
 
 def _tool_commands(add: Add) -> None:
@@ -177,10 +226,11 @@ def _tool_commands(add: Add) -> None:
     p = add("lr-find", "param")
     p.add_argument("--steps", type=positive_int, default=1000,
                    help="steps of the sweep (default: 1000)")
-    p.add_argument("--low", type=float, default=1e-3, help="first lr (default: 1e-3)")
-    p.add_argument("--high", type=float, default=1.0, help="last lr (default: 1)")
-    p = add("reproduce", "stores", "device")
-    p.add_argument("--trial", type=int, required=True, metavar="N", help="the trial's number")
+    p.add_argument("--low", type=positive_float, default=1e-3, help="first lr (default: 1e-3)")
+    p.add_argument("--high", type=positive_float, default=1.0, help="last lr (default: 1)")
+    p = add("reproduce", "stores", "device", "data")
+    p.add_argument("--trial", type=trial_number, required=True, metavar="N",
+                   help="the trial's number")
     p = add("report", "stores")
     p.add_argument("--out", metavar="FILE",
                    help="where to write it (default: mlruns/studies/NAME/report.md)")

@@ -95,6 +95,10 @@ class Progress:
                   f"{describe_pick(rule)}\n  -> trial {trial.number}: dev {trial.value:.4f}, "
                   f"{pareto.cost(trial, rule.metric):,.0f} {pareto.UNITS[rule.metric]}")
 
+    def resuming(self, evaluations: int) -> None:
+        self.line(f"finalize: publishing the result its interrupted finalize recorded (test "
+                  f"evaluation {evaluations}); the test split is not read again")
+
     def retrainings_planned(self, jobs: Sequence[Retraining], processes: int) -> None:
         trials = dict.fromkeys(f"trial {j.trial}: {j.steps} steps" for j in jobs)
         how = ("chosen on mean dev loss" if len(trials) > 1 else

@@ -38,7 +38,7 @@ def run_study(args: argparse.Namespace, specs: Sequence[StudySpec]) -> int:
              if spec.budget.wall_time else ""), file=sys.stderr)
     finalizes = spec.finalize.enabled and not args.no_finalize
     study = api.search(spec, workers=workers, observer=Progress(), device=args.device,
-                       finalize_next=finalizes)
+                       finalize_next=finalizes, allow_data_change=args.allow_data_change)
     record = records.read_record(study)
     if record is not None and record.warm_from:
         print(f"warm start: {record.warm_trials} complete trials of study {record.warm_from} "
@@ -59,15 +59,16 @@ def run_study(args: argparse.Namespace, specs: Sequence[StudySpec]) -> int:
     if not finalizes:
         return 0
     try:
-        return _finalize(spec, force=False, device=args.device, workers=workers)
+        return _finalize(spec, args, force=False, workers=workers)
     except AlreadyFinalized as exc:
         print(f"not finalized again: {exc}")
         return 0
 
 
-def _finalize(spec: StudySpec, *, force: bool, device: str, workers: int) -> int:
+def _finalize(spec: StudySpec, args: argparse.Namespace, *, force: bool, workers: int) -> int:
     progress = Progress()
-    result = api.finalize(spec, force=force, device=device, workers=workers, observer=progress)
+    result = api.finalize(spec, force=force, device=args.device, workers=workers,
+                          observer=progress, allow_data_change=args.allow_data_change)
     progress.status("")
     print(format_final(result))
     return 0
@@ -75,21 +76,21 @@ def _finalize(spec: StudySpec, *, force: bool, device: str, workers: int) -> int
 
 def worker(args: argparse.Namespace, specs: Sequence[StudySpec]) -> int:
     spec = specs[0]
-    study, record = join_study(spec, explicit(args))
+    paths.require_writable()
+    study, record = join_study(spec, explicit(args), args.allow_data_change)
     threads, others = choose_threads(spec, study)
     why = "workers.threads" if spec.workers.threads else (
         f"the cores shared with {others} other live worker(s) of the study on this host")
     print(f"worker joining study {spec.name} ({record.n_trials} trials in all): {threads} torch "
           f"thread(s) ({why})", file=sys.stderr)
     work(spec, observer=Progress(), device=args.device, threads=threads,
-         explicit=explicit(args))
+         explicit=explicit(args), allow_data_change=args.allow_data_change)
     return 0
 
 
 def finalize(args: argparse.Namespace, specs: Sequence[StudySpec]) -> int:
     spec = specs[0]
-    return _finalize(spec, force=args.force, device=args.device,
-                     workers=args.workers or spec.workers.count)
+    return _finalize(spec, args, force=args.force, workers=args.workers or spec.workers.count)
 
 
 def hparams(spec: StudySpec, params: Sequence[str], device: str = "cpu") -> HParams:
@@ -135,6 +136,7 @@ def train_one(args: argparse.Namespace, specs: Sequence[StudySpec]) -> int:
 
 def find_lr(args: argparse.Namespace, specs: Sequence[StudySpec]) -> int:
     spec = specs[0]
+    paths.require_writable()
     hp = hparams(spec, args.param)
     print(f"sweeping lr from {args.low:g} to {args.high:g} over {args.steps} steps "
           f"({hp.optimizer}, batch {hp.batch_size})", file=sys.stderr)

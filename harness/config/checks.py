@@ -49,6 +49,9 @@ def typed(value: Any, kind: type, path: str, errors: list[str]) -> Any:
     if kind is float and not math.isfinite(value):
         errors.append(f"{path}: must be finite, got {value}")
         return MISSING
+    if kind is int and not -(2**63) <= value < 2**63:
+        errors.append(f"{path}: {value} does not fit in 64 bits (what torch and numpy take)")
+        return MISSING
     return value
 
 

@@ -21,6 +21,7 @@ PRECISIONS = ("fp32", "bf16")
 # on this machine, measured (harness.training.precision) before any training. A run's HParams always
 # hold the precision it trained in.
 AUTO_PRECISION = "auto"
+MAX_SEED = 2**63 - 1  # torch's generators take seeds in 0..2^64-1; 64-bit signed everywhere
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ _RULES: Mapping[str, tuple[Callable[[Any], bool], str]] = {
     "weight_decay": (lambda x: x >= 0, "a number >= 0"),
     "ema_decay": (_fraction_open, "a number in [0, 1)"),
     "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-    "seed": (lambda x: x >= 0, "an integer >= 0"),
+    "seed": (lambda x: 0 <= x <= MAX_SEED, "an integer in 0..2^63-1"),
 }
 
 

@@ -37,10 +37,19 @@ _Loader.add_implicit_resolver(
 )
 
 
+MAX_FILE_BYTES = 1024 * 1024
+# YAML aliases let a small file stand for a huge tree (an "alias bomb": each anchor used nine
+# times in the next, nine levels deep, is 387 million nodes); the tree a study file stands for
+# is judged by its size with aliases expanded, which is counted without expanding them.
+MAX_NODES = 100_000
+
+
 def parse_yaml(text: str, source: str) -> Any:
     """Parse YAML safely; a syntax error becomes a SpecError with line and column."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except RecursionError:
+        raise SpecError(source, ["the file nests its values too deeply"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -49,6 +58,36 @@ def parse_yaml(text: str, source: str) -> Any:
         raise SpecError(source, [f"{kind}: {where}{exc.problem or exc}"]) from None
     except yaml.YAMLError as exc:
         raise SpecError(source, [f"YAML error: {exc}"]) from None
+    try:
+        nodes = expanded_size(raw)
+    except RecursionError:
+        raise SpecError(source, ["the file nests its values too deeply, or an alias refers "
+                                 "to the value that holds it"]) from None
+    if nodes > MAX_NODES:
+        raise SpecError(source, [f"the file stands for {nodes:,} values once its YAML aliases "
+                                 f"are expanded (at most {MAX_NODES:,}): an alias bomb, not a "
+                                 "study file"])
+    return raw
+
+
+def expanded_size(value: Any) -> int:
+    """How many values `value` holds with shared (aliased) parts counted each time they are
+    used, computed once per shared object."""
+    sizes: dict[int, int] = {}
+
+    def size(v: Any) -> int:
+        if not isinstance(v, dict | list):
+            return 1
+        if id(v) in sizes:
+            if sizes[id(v)] < 0:  # met again inside itself: an alias to its own holder
+                raise RecursionError
+            return sizes[id(v)]
+        sizes[id(v)] = -1
+        items = [*v.keys(), *v.values()] if isinstance(v, dict) else v
+        sizes[id(v)] = total = 1 + sum(size(x) for x in items)
+        return total
+
+    return size(value)
 
 
 
@@ -108,7 +147,10 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (),
     p = Path(path)
     source = str(p)
     try:
-        text = p.read_text(encoding="utf-8")
+        if p.is_file() and p.stat().st_size > MAX_FILE_BYTES:
+            raise SpecError(source, [f"the study file is larger than {MAX_FILE_BYTES // 1024} "
+                                     "KiB; a study file is a page of settings"])
+        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark is not YAML
     except FileNotFoundError:
         raise SpecError(source, ["study file not found"]) from None
     except IsADirectoryError:

@@ -10,7 +10,7 @@ from harness.config import hparams
 from harness.config.checks import get, mapping, reject_unknown, suggest
 from harness.config.space import CategoricalParam, FloatParam, IntParam, Param
 
-_PARAM_KEYS = {
+PARAM_KEYS = {
     "int": ("type", "low", "high", "step", "log"),
     "float": ("type", "low", "high", "step", "log"),
     "categorical": ("type", "choices", "conditional"),
@@ -29,10 +29,10 @@ def _parse_param(name: str, raw: Any, path: str, errors: list[str]) -> Param | N
         errors.append(f"{path}: needs a type (int, float or categorical) and its bounds or choices")
         return None
     kind = d.get("type")
-    if kind not in _PARAM_KEYS:
+    if kind not in PARAM_KEYS:
         errors.append(f"{path}.type: must be int, float or categorical, got {kind!r}")
         return None
-    reject_unknown(d, _PARAM_KEYS[kind], path, errors)
+    reject_unknown(d, PARAM_KEYS[kind], path, errors)
     if kind == "categorical":
         return _parse_categorical(name, d, path, errors)
 

@@ -52,6 +52,7 @@ from harness.config.space import (
 )
 from harness.errors import SpecError
 
+MAX_SAMPLER_SEED = 2**31 - 1
 TOP_LEVEL = ("name", "data", "budget", "sampler", "pruner", "fixed", "search", "enqueue",
              "warm_start", "objective", "storage", "tracking", "finalize", "registry",
              "workers")
@@ -258,6 +259,11 @@ def validate(raw: Any, source: str, default_name: str) -> StudySpec:
     budget = _parse_budget(top.get("budget"), errors)
     sampler_type, sampler_opts = _parse_choice(top.get("sampler"), "sampler", SAMPLERS, "tpe",
                                                errors)
+    if not 0 <= sampler_opts.get("seed", 0) <= MAX_SAMPLER_SEED:
+        errors.append(f"sampler.seed: must be in 0..{MAX_SAMPLER_SEED} (numpy's generators "
+                      f"take 32-bit seeds, and each worker adds its own offset), got "
+                      f"{sampler_opts['seed']}")
+        sampler_opts.pop("seed")
     objective = _parse_objective(top.get("objective"), errors)
     # Pareto mode prunes nothing (a pruner named anyway is reported off when the study runs).
     pruner = PrunerSpec(*_parse_choice(top.get("pruner"), "pruner", PRUNERS,

@@ -43,6 +43,7 @@ class EnsembleSection(Section):
     """The ensemble's dev and test loss; the trial's own model's, when it is a member."""
 
     KEY: ClassVar[str] = "ensemble"
+    ORDER: ClassVar[int] = 10
     FIELDS: ClassVar[Mapping[str, Any]] = {
         "ensemble_dev_loss": None, "ensemble_test_loss": None, "trial_model_seed": None,
         "trial_model_dev_loss": None, "trial_model_test_loss": None}

@@ -28,6 +28,10 @@ class FinalizeObserver(Protocol):
     def picked(self, trial: TrialRecord, front: Sequence[TrialRecord],
                rule: PickRule) -> None: ...
 
+    def resuming(self, evaluations: int) -> None:
+        """An interrupted finalize had recorded its result (with the study's test evaluation
+        number `evaluations`): it is published now, the test split not read again."""
+
     def retrainings_planned(self, jobs: Sequence[Retraining], processes: int) -> None: ...
 
     def filling(self, jobs: Sequence[Retraining], processes: int, left_s: float) -> None:

@@ -33,6 +33,7 @@ class FillSection(Section):
     losses, which joined the ensemble, and their seconds in training and in evaluations."""
 
     KEY: ClassVar[str] = "fill"
+    ORDER: ClassVar[int] = 20
     FIELDS: ClassVar[Mapping[str, Any]] = {
         "fill_seeds": (), "fill_steps": 0, "fill_dev_losses": (), "fill_kept": (),
         "fill_train_s": (), "fill_eval_s": ()}

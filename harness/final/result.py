@@ -42,6 +42,7 @@ class Section:
 
     KEY: ClassVar[str]  # the rule's name, e.g. "ensemble"
     FIELDS: ClassVar[Mapping[str, Any]]  # the record's keys -> their value when absent
+    ORDER: ClassVar[int]  # where it reads among the sections (and its keys in the record)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -125,7 +126,7 @@ class FinalResult:
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
              if f.name != "sections"}
-        for kind in _SECTIONS.values():
+        for kind in sorted(_SECTIONS.values(), key=lambda k: k.ORDER):
             section = self.sections.get(kind.KEY)
             d.update(section.to_record() if section is not None else dict(kind.FIELDS))
         return json.loads(json.dumps(d, default=_plain))
@@ -153,10 +154,14 @@ class FinalResult:
 
     # -- what it holds
 
+    def in_order(self) -> list[Section]:
+        """The sections, in the order they read."""
+        return sorted(self.sections.values(), key=lambda s: s.ORDER)
+
     @property
     def members(self) -> int:
         """Models in the saved one: 1, or an ensemble's (the seeds', the trial's own, ...)."""
-        return sum(s.members(self) for s in self.sections.values()) or 1
+        return sum(s.members(self) for s in self.in_order()) or 1
 
     @property
     def size(self) -> str:
@@ -166,7 +171,7 @@ class FinalResult:
     def member_words(self) -> str:
         """What the saved ensemble averages, in words."""
         return f"the {len(self.seeds)} seeds' models" + "".join(
-            s.member_words(self) for s in self.sections.values())
+            s.member_words(self) for s in self.in_order())
 
     # -- how it reads: the one renderer, laid out by the CLI and the report
 
@@ -180,7 +185,7 @@ class FinalResult:
         tail: list[Line] = [("dev loss", f"{self.dev_mean:.4f} +- {self.dev_std:.4f}"),
                             ("test loss", f"{self.test_mean:.4f} +- {self.test_std:.4f}"
                                           f"{evaluated}")]
-        for section in self.sections.values():
+        for section in self.in_order():
             tail += section.lines(self)
         tail += [("reference", f"{ref.model}: dev {ref.dev_loss:.4f}, test "
                                f"{ref.test_loss:.4f}")
@@ -208,7 +213,7 @@ class FinalResult:
         """The report's table: each model with its dev and test loss, the references last."""
         rows = [("MLP (this study)", f"{self.dev_mean:.4f} +- {self.dev_std:.4f}",
                  f"{self.test_mean:.4f} +- {self.test_std:.4f}")]
-        for section in self.sections.values():
+        for section in self.in_order():
             rows += [(name, f"{dev:.4f}", f"{test:.4f}") for name, dev, test in
                      section.table_rows(self)]
         return rows + [(ref.model, f"{ref.dev_loss:.4f}", f"{ref.test_loss:.4f}")
@@ -216,7 +221,7 @@ class FinalResult:
 
     def status_line(self) -> str:
         """`harness status`'s line for the final model."""
-        extra = "".join(s.status_words(self) for s in self.sections.values())
+        extra = "".join(s.status_words(self) for s in self.in_order())
         return (f"test {self.test_mean:.4f} +- {self.test_std:.4f}{extra} (trial "
                 f"{self.chosen_trial}), the test split evaluated {self.test_evaluations} "
                 "time(s)")
@@ -228,7 +233,7 @@ class FinalResult:
             (key, value, j) for j, (dev, test) in
             enumerate(zip(self.dev_losses, self.test_losses, strict=True))
             for key, value in (("seed_dev_loss", dev), ("seed_test_loss", test))]
-        for section in self.sections.values():
+        for section in self.in_order():
             out += section.metrics()
         summary: dict[str, float] = {
             "dev_mean": self.dev_mean, "dev_std": self.dev_std, "test_mean": self.test_mean,
@@ -251,7 +256,7 @@ class FinalResult:
                 "test_mean": f"{self.test_mean:.6f}", "test_std": f"{self.test_std:.6f}",
                 "chosen_trial": str(self.chosen_trial), "commit": self.commit,
                 "study": self.study}
-        for section in self.sections.values():
+        for section in self.in_order():
             tags |= section.registry_tags()
         return tags
 

@@ -19,7 +19,7 @@ from harness.final.result import FinalResult
 from harness.results import leaderboard, plots
 from harness.search import records
 from harness.search.records import StudyRecord
-from harness.tracking import Tracker, open_tracker
+from harness.tracking import KILLED, Tracker, open_tracker
 from harness.training.model import MLP, Ensemble
 from harness.util import paths
 
@@ -27,23 +27,26 @@ log = logging.getLogger(__name__)
 
 
 def publish_search(spec: StudySpec, study: optuna.Study, record: StudyRecord,
-             finished_before: set[int], status: str) -> None:
-    """The leaderboard CSV and the figures, on disk and on the study's run; the run closed."""
+                   status: str) -> None:
+    """The leaderboard CSV and the figures, on disk and on the study's run; the run closed.
+    An interrupted search (KILLED) draws no figures: stopping stays prompt, and the next
+    run-study draws them."""
     out = paths.study_dir(spec.name) / "leaderboard.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     leaderboard.build(study, pareto_metric=spec.objective.pareto).to_csv(out, index=False)
     try:
         tracker = open_tracker(spec)
         tracker.log_artifact(record.parent_run_id, out)
-        _plot(spec, study, tracker, record.parent_run_id, finished_before)
+        if status != KILLED:
+            _plot(spec, study, tracker, record.parent_run_id)
         tracker.end_run(record.parent_run_id, status)
     except TrackingError as exc:  # the leaderboard is on disk; the run waits for a rerun
         log.warning("could not update the study's MLflow run: %s", exc)
 
 
-def _plot(spec: StudySpec, study: optuna.Study, tracker: Tracker, parent: str,
-          finished_before: set[int]) -> None:
-    """The study's figures on its parent run; loss curves on each trial run finished now."""
+def _plot(spec: StudySpec, study: optuna.Study, tracker: Tracker, parent: str) -> None:
+    """The study's figures on its parent run; loss curves on each finished trial's run that
+    has none yet (an earlier study's, added by warm start, keeps its own)."""
     try:
         out = paths.study_dir(spec.name) / "plots"
         figures = plots.study_figures(study, out)
@@ -54,12 +57,12 @@ def _plot(spec: StudySpec, study: optuna.Study, tracker: Tracker, parent: str,
             tracker.log_artifact(parent, path, "plots")
         for r in records.records(study):
             run_id = r.mlflow_run_id
-            if not r.state.is_finished() or r.number in finished_before or not run_id:
+            path = out / "trials" / f"trial-{r.number:04d}.png"
+            if not r.state.is_finished() or r.warm_from or not run_id or path.exists():
                 continue
-            path = plots.loss_curves(tracker.metric_history(run_id, "dev_loss"),
-                                     tracker.metric_history(run_id, "train_loss"),
-                                     f"{spec.name}, trial {r.number} ({r.state.name.lower()})",
-                                     out / "trials" / f"trial-{r.number:04d}.png")
+            plots.loss_curves(tracker.metric_history(run_id, "dev_loss"),
+                              tracker.metric_history(run_id, "train_loss"),
+                              f"{spec.name}, trial {r.number} ({r.state.name.lower()})", path)
             tracker.log_artifact(run_id, path)
     except Exception:  # a figure that cannot be drawn must not cost the study
         log.exception("drawing the study's figures failed")

@@ -89,8 +89,8 @@ def write(spec: StudySpec, out: Path | None = None) -> Path:
     """Write the report (default: the study's folder, report.md) and log it to the study's
     MLflow run; returns where it was written."""
     out = out or paths.study_dir(spec.name) / "report.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(spec, out), encoding="utf-8")
+    text = render(spec, out)  # the study is read (or found missing) before anything is made
+    paths.output_file(out).write_text(text, encoding="utf-8")
     record = records.read_record(load_study(spec))
     if record is not None:
         open_tracker(spec).log_artifact(record.parent_run_id, out)

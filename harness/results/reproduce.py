@@ -16,7 +16,7 @@ import torch
 
 from harness.config import StudySpec, hparams
 from harness.errors import CannotReproduce, TrackingError
-from harness.search import records
+from harness.search import data_guard, records
 from harness.search.liveness import load_study
 from harness.search.records import TrialRecord
 from harness.tracking import open_tracker
@@ -55,9 +55,13 @@ class Reproduction:
             abs(self.recorded - self.reproduced) <= 2 * self.seed_noise
 
 
-def reproduce(spec: StudySpec, number: int, device: str = "cpu") -> Reproduction:
-    """Retrain trial `number` of the spec's study and compare it with its record."""
+def reproduce(spec: StudySpec, number: int, device: str = "cpu",
+              allow_data_change: bool = False) -> Reproduction:
+    """Retrain trial `number` of the spec's study and compare it with its record (on the
+    study's data: other data raises DataChanged, unless `allow_data_change`)."""
     study = load_study(spec)
+    if (record := records.read_record(study)) is not None:
+        data_guard.check(spec, study, record, allow_data_change)
     recs = records.records(study)
     if not 0 <= number < len(recs):
         raise CannotReproduce(f"study {spec.name!r} has no trial {number} "

@@ -49,6 +49,27 @@ def settle(study: optuna.Study, key: str, value: Any) -> Any:
     return takes[0].user_attrs[_VALUE_ATTR]
 
 
+def take(study: optuna.Study, key: str, attrs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Record a take of `key` holding `attrs` (JSON-serializable; one atomic write) and return
+    its rank among all takes of `key` and the first take's attrs: a claim whose claimant the
+    others can read, or a counted event recorded together with what it found."""
+    mine, found = _takes(study, key, attrs)
+    return [t.number for t in found].index(mine), _attrs(found[0])
+
+
+def takes(study: optuna.Study, key: str) -> list[dict[str, Any]]:
+    """The attrs of every take of `key` so far, in the order the storage numbered them."""
+    s, ledger = _ledger(study)
+    name = f"{study.study_name}{CLAIM_SEP}{key}"
+    return [_attrs(t) for t in sorted((t for t in s.get_all_trials(ledger, deepcopy=False)
+                                       if t.user_attrs.get(_CLAIM_ATTR) == name),
+                                      key=lambda t: t.number)]
+
+
+def _attrs(t: FrozenTrial) -> dict[str, Any]:
+    return {k: v for k, v in t.user_attrs.items() if k != _CLAIM_ATTR}
+
+
 def _take(study: optuna.Study, key: str) -> int:
     """Record a take of `key` and return its rank among all takes of `key`."""
     mine, takes = _takes(study, key)

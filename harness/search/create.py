@@ -21,7 +21,7 @@ import yaml
 
 from harness.config import StudySpec
 from harness.errors import BudgetConflict, DataError, StudyNotFound
-from harness.search import claims, records, warm_start
+from harness.search import claims, data_guard, records, warm_start
 from harness.search.liveness import load_study, open_study_storage, reap
 from harness.search.records import StudyRecord
 from harness.tracking import check_reachable, open_tracker
@@ -45,13 +45,16 @@ def check_inputs(spec: StudySpec) -> None:
 
 
 def prepare_study(spec: StudySpec, final_processes: int = 0, *, device: str = "cpu",
-                  threads: int | None = None) -> tuple[optuna.Study, StudyRecord]:
+                  threads: int | None = None,
+                  allow_data_change: bool = False) -> tuple[optuna.Study, StudyRecord]:
     """Create the study (or open it), record its budget, open its parent MLflow run, and reap
     trials of dead workers. Safe when several processes prepare one study at once: one of them
     (the one that claims its creation in the storage) creates its identity and parent run.
     `final_processes`: the processes this run-study's finalize will retrain on (0: it will not
     finalize), which `budget.wall_time` keeps time for. With fixed.precision auto, the creator
-    times the step on `device` with a worker's `threads` and records the choice.
+    times the step on `device` with a worker's `threads` and records the choice. The creator
+    records the data's fingerprint; a resume on other data raises DataChanged (unless
+    `allow_data_change`: harness.search.data_guard).
 
     Bad inputs fail first (check_inputs), before any storage or run is created.
     """
@@ -74,13 +77,15 @@ def prepare_study(spec: StudySpec, final_processes: int = 0, *, device: str = "c
         chosen = _precision(spec, study, None, device, threads)
         record = StudyRecord(identity, parent, spec.budget.n_trials, spec.budget.timeout,
                              timeout_start=now, created=now, **chosen,
+                             data=data_guard.first_record(spec),
                              **_budget(spec, final_processes),
                              **warm_start.add_trials(resolved(spec, chosen.get("precision")),
                                                      study))
         for params in spec.enqueue:  # once, by the process that created the study
             study.enqueue_trial(dict(params), skip_if_exists=True)
     else:  # run-study owns the budget: a new total or timeout from it is recorded
-        record = records.wait_for_record(study)
+        record = data_guard.check(spec, study, records.wait_for_record(study),
+                                  allow_data_change)
         record = dataclasses.replace(record, n_trials=spec.budget.n_trials,
                                      timeout=spec.budget.timeout, timeout_start=now,
                                      **_budget(spec, final_processes),
@@ -146,13 +151,14 @@ def resolved(spec: StudySpec, chosen: str | None) -> StudySpec:
     return spec.with_precision(chosen)
 
 
-def join_study(spec: StudySpec, explicit: Collection[str] = ()) -> tuple[optuna.Study,
-                                                                         StudyRecord]:
+def join_study(spec: StudySpec, explicit: Collection[str] = (),
+               allow_data_change: bool = False) -> tuple[optuna.Study, StudyRecord]:
     """An existing study and what it was created with, for a worker that joins it.
 
     `explicit` names the spec keys the user set on the command line: a budget set there that
     differs from the recorded one raises BudgetConflict (the study's budget is the recorded
-    one; a worker does not change it).
+    one; a worker does not change it). Other data than the study's raises DataChanged
+    (unless `allow_data_change`).
     """
     study = load_study(spec)
     record = records.read_record(study)
@@ -168,7 +174,7 @@ def join_study(spec: StudySpec, explicit: Collection[str] = ()) -> tuple[optuna.
                 f"{'none' if recorded is None else recorded}: "
                 "a worker uses the study's recorded budget. Drop the setting, or change the "
                 f"study's budget with `harness run-study {spec.source} --set {key}=...`")
-    return study, record
+    return study, data_guard.check(spec, study, record, allow_data_change)
 
 
 def _spec_yaml(spec: StudySpec) -> str:

@@ -29,32 +29,77 @@ _OPERATIONS = {0: "create study", 1: "delete study", 2: "set a study attr",
                9: "set a trial system attr", 10: "discard trials"}
 
 
-def check(path: Path, lock: BaseJournalFileLock) -> Path | None:
-    """Repair a cut-off last line of the journal at `path`; raise on damage elsewhere.
+# What each operation must hold for Optuna to replay it: key -> the types it may have.
+_INT, _STR, _DICT, _LIST = (int,), (str,), (dict,), (list,)
+_FIELDS: dict[int, dict[str, tuple[type, ...]]] = {
+    0: {"study_name": _STR, "directions": _LIST},
+    1: {"study_id": _INT},
+    2: {"study_id": _INT, "user_attr": _DICT},
+    3: {"study_id": _INT, "system_attr": _DICT},
+    4: {"study_id": _INT},
+    5: {"trial_id": _INT, "param_name": _STR, "distribution": _STR},
+    6: {"trial_id": _INT, "state": _INT},
+    7: {"trial_id": _INT, "step": _INT},
+    8: {"trial_id": _INT, "user_attr": _DICT},
+    9: {"trial_id": _INT, "system_attr": _DICT},
+    10: {"study_id": _INT},
+}
+
+
+def check(path: Path, lock: BaseJournalFileLock, *, repair: bool = True) -> Path | None:
+    """Raise JournalDamaged when a line of the journal at `path` before its last is not a
+    whole operation; set a cut-off last line aside (under the journal's lock) unless not
+    `repair` (a read-only command: Optuna reads past a cut-off last line).
 
     Returns the side file that now holds the cut-off bytes, or None when nothing was cut off.
     """
     if not path.exists() or path.stat().st_size == 0:
         return None
-    lock.acquire()
+    data = path.read_bytes()
+    whole = _whole_lines(path, data)
+    if whole == len(data) or not repair:
+        return None
+    lock.acquire()  # a live writer may be mid-line: look again under its lock
     try:
         data = path.read_bytes()
-        whole = data.rfind(b"\n") + 1  # bytes up to the end of the last whole line
-        lines = data[:whole].splitlines()
-        for number, line in enumerate(lines, start=1):
-            try:
-                json.loads(line)
-            except ValueError:
-                raise JournalDamaged(
-                    f"the Optuna journal {path} is damaged at line {number} (of "
-                    f"{len(lines)}): it is not a whole operation, and it is not the last "
-                    "line, so it is not a cut-off write. Nothing was written. Restore the file "
-                    "from a backup, or move it aside to start the studies in it afresh.") from None
-        if whole == len(data):
-            return None
-        return _set_aside(path, data[whole:], whole)
+        whole = _whole_lines(path, data)
+        return None if whole == len(data) else _set_aside(path, data[whole:], whole)
     finally:
         lock.release()
+
+
+def _whole_lines(path: Path, data: bytes) -> int:
+    """Bytes of `data` up to the end of its last whole line; raises JournalDamaged when a
+    line before it is not an operation Optuna can replay."""
+    whole = data.rfind(b"\n") + 1
+    lines = data[:whole].splitlines()
+    for number, line in enumerate(lines, start=1):
+        if why := _problem(line):
+            raise JournalDamaged(
+                f"the Optuna journal {path} is damaged at line {number} (of {len(lines)}): "
+                f"{why}, and it is not the last line, so it is not a cut-off write. Nothing "
+                "was written. Restore the file from a backup, or move it aside to start the "
+                "studies in it afresh.")
+    return whole
+
+
+def _problem(line: bytes) -> str | None:
+    """Why `line` is not an operation Optuna can replay, or None."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return "it is not a whole operation"
+    if not isinstance(entry, dict):
+        return f"it is a JSON {type(entry).__name__}, not an operation"
+    code = entry.get("op_code")
+    if isinstance(code, bool) or code not in _FIELDS or not isinstance(entry.get("worker_id"),
+                                                                      str):
+        return f"it is no Optuna operation (op_code {code!r})"
+    for key, kinds in _FIELDS[code].items():
+        value = entry.get(key)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return f"its {key!r} is missing or of the wrong kind ({_OPERATIONS[code]})"
+    return None
 
 
 def _set_aside(path: Path, tail: bytes, keep: int) -> Path:

@@ -38,21 +38,25 @@ from harness.util.processes import interrupt_on_signals, stop_with_parent, threa
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # how often the coordinator looks at the storage
-STOP_GRACE_S = 60.0  # how long interrupted workers get to record their trial
+# How long interrupted workers get to record their trial (Optuna and MLflow writes, seconds
+# on a busy machine) before they are killed (their trials are then reaped as dead workers'):
+# with the leaderboard written after, what bounds the time run-study takes to stop.
+STOP_GRACE_S = 30.0
 EXIT_TRACKING = 3  # a worker process's exit code: the tracking store stayed unreachable
 
-# Called when the search ends, interrupted or not: (study, its record, the numbers of trials
-# finished before this run, the status to close the study's MLflow run with).
-OnEnd = Callable[[optuna.Study, StudyRecord, set[int], str], None]
+# Called when the search ends, interrupted or not: (study, its record, the status to close
+# the study's MLflow run with).
+OnEnd = Callable[[optuna.Study, StudyRecord, str], None]
 
 
 def run_search(spec: StudySpec, *, workers: int | None = None,
                observer: SearchObserver | None = None, device: str = "cpu",
-               finalize: bool = False, on_end: OnEnd | None = None) -> optuna.Study:
+               finalize: bool = False, on_end: OnEnd | None = None,
+               allow_data_change: bool = False) -> optuna.Study:
     """Create or resume the study and run trials until it has budget.n_trials of them.
 
     n_trials is the study's total: a resumed study only runs what is missing.
-    `on_end(study, record, trials finished before, status of the study's run)` is called at the
+    `on_end(study, record, status of the study's run)` is called at the
     end, interrupted or not (the leaderboard and figures are drawn there).
     `finalize`: the caller finalizes next, on as many processes (budget.wall_time keeps
     time for it).
@@ -63,12 +67,12 @@ def run_search(spec: StudySpec, *, workers: int | None = None,
     pool = _Pool(spec, n, device) if n > 1 else None
     try:
         study, record = prepare_study(spec, n if finalize else 0, device=device,
-                                      threads=threads_per_worker(n, spec.workers.threads))
+                                      threads=threads_per_worker(n, spec.workers.threads),
+                                      allow_data_change=allow_data_change)
     except BaseException:
         if pool is not None:
             pool.stop()
         raise
-    finished_before = {r.number for r in records.records(study) if r.state.is_finished()}
     remaining = record.n_trials - counting.counted(records.records(study))
     status = FAILED
     try:
@@ -91,7 +95,7 @@ def run_search(spec: StudySpec, *, workers: int | None = None,
             pool.stop()  # workers still waiting (none were needed); the others have exited
         drop_orphan_checkpoints(spec, study)
         if on_end is not None:
-            on_end(study, record, finished_before, status)
+            on_end(study, record, status)
     return study
 
 

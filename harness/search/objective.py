@@ -25,29 +25,30 @@ from optuna.trial import TrialState
 
 from harness.config import StudySpec
 from harness.config.hparams import HParams
-from harness.errors import TrackingError, TrainingDiverged, TrialLost
+from harness.errors import MemoryBudgetExceeded, TrackingError, TrainingDiverged, TrialLost
 from harness.search import constraints, counting, liveness, pareto, records, storage
 from harness.search.checkpoints import CheckpointStore
 from harness.search.events import SearchObserver
 from harness.search.records import StudyRecord, TrialRecord
 from harness.search.space import suggest
 from harness.tracking import FAILED, FINISHED, KILLED, ChildRun, Tracker
-from harness.training.data import load_search_data
-from harness.training.model import MLP, ms_per_name, n_params, save_model
+from harness.training import memory
+from harness.training.data import load_search_data, summarize
+from harness.training.model import MLP, ms_per_name, save_model
 from harness.training.train import Evaluation, OnCheckpoint, OnEval, TrainResult, TrainState, train
 from harness.util import provenance
 
 log = logging.getLogger(__name__)
 
 # Faults that fail one trial, and the study goes on.
-TRIAL_FAULTS = (TrainingDiverged, torch.cuda.OutOfMemoryError)
+TRIAL_FAULTS = (TrainingDiverged, torch.cuda.OutOfMemoryError, MemoryBudgetExceeded)
 # Faults of the worker's surroundings, not of the trial: its trial is re-queued, the worker stops.
 REQUEUED_FAULTS = (KeyboardInterrupt, TrackingError)
 
 
 def fail_reason(exc: BaseException) -> str:
     """One line that says why a trial failed."""
-    if isinstance(exc, TrainingDiverged | TrialLost | TrackingError):
+    if isinstance(exc, TrainingDiverged | TrialLost | TrackingError | MemoryBudgetExceeded):
         return str(exc)
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return f"out of GPU memory: {str(exc).splitlines()[0]}"
@@ -98,12 +99,13 @@ class Objective:
                                          worker=liveness.worker_id(self.device),
                                          threads=torch.get_num_threads(),
                                          commit=provenance.commit()))
-        data = load_search_data(spec.data, hp.context_length)
         if spec.objective.bounds("n_params"):
-            # Known before training: a model over the bound is never trained.
-            size = n_params(MLP.from_hparams(hp, len(data.vocab)))
+            # Known before training: a model over the bound is never trained (nor built).
+            size = memory.n_params(hp, summarize(spec.data).vocab_size)
             if not constraints.judge(spec, trial, {"n_params": size}, n_params=size).feasible:
                 raise optuna.TrialPruned("infeasible before training")
+        # Memory is checked before it is spent: examples that cannot fit fail the trial here.
+        data = load_search_data(spec.data, hp.context_length)
         if origin is None:
             origin = records.current(trial).origin
         resume = self._resume_state(trial, origin, hp)

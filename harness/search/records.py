@@ -190,6 +190,9 @@ class StudyRecord:
     # in each
     precision: str | None = None
     precision_ms: dict[str, float] | None = None
+    # The data it was created on (harness.search.data_guard): its fingerprint, and the changes
+    # accepted since; None for a study of an earlier harness, which recorded none.
+    data: dict[str, Any] | None = None
 
     @property
     def deadline(self) -> float | None:

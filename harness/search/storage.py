@@ -54,10 +54,13 @@ def open_storage(url: str | None, *, heartbeat_s: int = 60,
             raise StorageError(f"cannot open the Optuna storage {redact(url)}: "
                                f"{redact(reason)}") from None
     path = paths.journal_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        paths.require_writable(path.parent)
+        path.parent.mkdir(parents=True, exist_ok=True)
     # The journal file is safe for several processes on one machine (file lock), unlike SQLite.
     lock = JournalFileOpenLock(str(path))
-    journal.check(path, lock)
+    # A read-only copy of a finished study is read as it is: no lock file, no repair.
+    journal.check(path, lock, repair=paths.writable(path.parent) and paths.writable(path))
     backend = JournalFileBackend(str(path), lock_obj=lock)
     return optuna.storages.JournalStorage(backend)
 

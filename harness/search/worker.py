@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 
 def work(spec: StudySpec, *, observer: SearchObserver | None = None, device: str = "cpu",
-         threads: int | None = None, explicit: Collection[str] = ()) -> None:
+         threads: int | None = None, explicit: Collection[str] = (),
+         allow_data_change: bool = False) -> None:
     """Run trials of an existing study until it has its recorded n_trials (all workers
     together) or its recorded timeout has passed.
 
@@ -44,7 +45,7 @@ def work(spec: StudySpec, *, observer: SearchObserver | None = None, device: str
     `threads` torch threads (default: choose_threads). Raises TrackingError when the tracking
     server stays unreachable (the trial it was running is re-queued).
     """
-    study, record = join_study(spec, explicit)
+    study, record = join_study(spec, explicit, allow_data_change)
     spec = resolved(spec, record.precision)  # every worker trains in the study's precision
     torch.set_num_threads(threads or choose_threads(spec, study)[0])
     liveness.register_worker(study, torch.get_num_threads())
@@ -92,8 +93,10 @@ def _run_trial(spec: StudySpec, study: optuna.Study, objective: Objective) -> in
         except TrialLost as exc:
             log.warning("%s", exc)
             return None  # failed and re-queued by the process that found it stale
-        except TRIAL_FAULTS:
-            pass  # failed, with its reason; the study goes on
+        except TRIAL_FAULTS as exc:  # failed, with its reason; the study goes on
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                if records.current(trial).fail_reason is None:  # failed before its run began
+                    records.write(trial, TrialRecord(fail_reason=fail_reason(exc)))
         except BaseException as exc:
             _fail_and_requeue(spec, study, trial, exc)
             if isinstance(exc, TrackingError):

@@ -55,16 +55,22 @@ class NamesModel(PythonModel):
 def register(tracking_uri: str, run_id: str, weights: Path, name: str,
              tags: Mapping[str, str]) -> str:
     """Log `weights` as a pyfunc model on run `run_id`, register it as a new version of `name`
-    with alias `champion` and `tags`; returns the version. Raises TrackingError."""
+    (unless that run registered one already) with alias `champion` and `tags`; returns the
+    version. Raises TrackingError."""
 
     def log_and_register() -> str:
         mlflow.set_tracking_uri(tracking_uri)
         client = mlflow.MlflowClient(tracking_uri)
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=NamesModel(), artifacts={"weights": str(weights)},
-                pip_requirements=["torch", "mlflow", "pandas"], registered_model_name=name)
-        version = str(info.registered_model_version)
+        earlier = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        if earlier:  # registered by an interrupted finalize of the same result
+            version = str(max(int(v.version) for v in earlier))
+        else:
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=NamesModel(), artifacts={"weights": str(weights)},
+                    pip_requirements=["torch", "mlflow", "pandas"],
+                    registered_model_name=name)
+            version = str(info.registered_model_version)
         client.set_registered_model_alias(name, ALIAS, version)
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)

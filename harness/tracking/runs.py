@@ -118,6 +118,13 @@ class Tracker:
                               {"trial_number": number, **params},
                               {TAG_TRIAL: str(number), **(tags or {})})
 
+    def find_runs(self, tags: Mapping[str, str]) -> list[tuple[str, str]]:
+        """(run id, status) of the experiment's runs that carry all of `tags`."""
+        where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        found = call(self.uri, lambda: self.client.search_runs([self.experiment_id],
+                                                               filter_string=where))
+        return [(r.info.run_id, r.info.status) for r in found]
+
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 

@@ -8,6 +8,7 @@ sealed (`sealed_test_split`) and that function raises.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import random
 import stat
@@ -21,6 +22,7 @@ import torch
 
 from harness.config.schema import DataConfig
 from harness.errors import DataError, SealedSplitError
+from harness.training import memory
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ def read_words(path: str | Path | None = None) -> list[str]:
     if b"\x00" in raw:
         raise DataError(f"data file {p} looks binary (it contains NUL bytes)")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark is not part of the first word
     except UnicodeDecodeError as exc:
         raise DataError(f"data file {p} is not UTF-8 (bad byte at offset {exc.start})") from None
     words = [w.strip() for w in text.splitlines()]
@@ -176,18 +178,59 @@ def build_examples(words: list[str], vocab: Vocab, context_length: int) -> Examp
 
 @dataclass(frozen=True)
 class DataSummary:
-    """What a data config yields: words per split, training examples, vocabulary size."""
+    """What a data config yields: words per split, examples of the train and dev splits (one
+    per character and end of each word), vocabulary size, characters of train and dev."""
 
     words: tuple[int, int, int]
     train_examples: int
     vocab_size: int
+    dev_examples: int = 0
+
+    def tokens(self, context_length: int) -> int:
+        """Characters the train and dev examples are built from, padding included."""
+        return (self.train_examples + self.dev_examples
+                + (self.words[0] + self.words[1]) * context_length)
 
 
 def summarize(cfg: DataConfig) -> DataSummary:
     """Read and split the data (raising DataError on any problem) and count what it yields."""
     (train_w, dev_w, test_w), vocab = _words_and_vocab(cfg)
     return DataSummary((len(train_w), len(dev_w), len(test_w)),
-                       sum(len(w) + 1 for w in train_w), len(vocab))
+                       sum(len(w) + 1 for w in train_w), len(vocab),
+                       sum(len(w) + 1 for w in dev_w))
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a study was created on: its words (sha256 of them, one per line), the file's size,
+    and the words of each split. Recorded with the study; checked by every process that
+    joins it, so that no trial, final model or test evaluation runs on other data."""
+
+    sha256: str
+    bytes: int
+    words: tuple[int, int, int]
+
+    def changes(self, recorded: Fingerprint) -> list[str]:
+        """How this data differs from `recorded`, in words (empty when it does not)."""
+        out = []
+        if self.sha256 != recorded.sha256:
+            out.append(f"its words differ (sha256 {self.sha256[:12]}..., recorded "
+                       f"{recorded.sha256[:12]}...)")
+        if self.bytes != recorded.bytes:
+            out.append(f"the file has {self.bytes:,} bytes, recorded {recorded.bytes:,}")
+        if self.words != recorded.words:
+            out.append("the split has {} / {} / {} words".format(*self.words)
+                       + ", recorded {} / {} / {}".format(*recorded.words))
+        return out
+
+
+def fingerprint(cfg: DataConfig) -> Fingerprint:
+    """The data's fingerprint, read afresh (a file changed since this process read it shows)."""
+    words = read_words(cfg.path)
+    path = Path(cfg.path) if cfg.path is not None else bundled_words_path()
+    digest = hashlib.sha256("\n".join(words).encode("utf-8")).hexdigest()
+    train, dev, test = split_words(words, cfg)
+    return Fingerprint(digest, path.stat().st_size, (len(train), len(dev), len(test)))
 
 
 @functools.lru_cache(maxsize=4)
@@ -199,8 +242,13 @@ def _words_and_vocab(cfg: DataConfig) -> tuple[tuple[list[str], list[str], list[
 
 @functools.lru_cache(maxsize=8)
 def load_search_data(cfg: DataConfig, context_length: int) -> SearchData:
-    """Train and dev examples for one context length (cached: trials reuse them)."""
+    """Train and dev examples for one context length (cached: trials reuse them). Raises
+    MemoryBudgetExceeded, before building anything, when they cannot fit."""
     (train_w, dev_w, _test_w), vocab = _words_and_vocab(cfg)
+    summary = summarize(cfg)
+    memory.check(memory.examples(summary.train_examples + summary.dev_examples,
+                                 summary.tokens(context_length), context_length),
+                 f"the examples of context length {context_length:,}")
     data = SearchData(
         vocab=vocab,
         train=build_examples(train_w, vocab, context_length),

@@ -6,13 +6,16 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.config.hparams import HParams
-from harness.errors import ModelFileError
+from harness.config import hparams
+from harness.config.hparams import MAX_SEED, HParams
+from harness.errors import InputError, ModelFileError
+from harness.training import memory
 from harness.util import paths
 
 # Gain for tanh layers (Kaiming et al.): keeps pre-activations near unit scale so tanh does not
@@ -228,11 +231,17 @@ def load_model(path: Path) -> tuple[LanguageModel, HParams, tuple[str, ...]]:
                              f"read, never code): {first}") from None
     if not isinstance(payload, dict) or payload.get("format") not in (1, MODEL_FORMAT):
         raise ModelFileError(f"{path}: not a harness model file")
-    hp = HParams(**payload["hparams"])
-    itos = tuple(payload["itos"])
+    hp, itos, states = _parts(path, payload)
+    memory.check(memory.Estimate({"weights": memory.n_params(hp, len(itos)) * memory.FLOAT
+                                  * len(states)}), f"the model in {path}")
     members = []
-    for state in payload.get("state_dicts") or [payload["state_dict"]]:
+    for state in states:
         member = MLP.from_hparams(hp, len(itos))
+        expected = {k: tuple(v.shape) for k, v in member.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if found != expected:
+            raise ModelFileError(f"{path}: its weights do not fit its own hyperparameters "
+                                 f"({_first_difference(found, expected)})")
         member.load_state_dict(state)
         members.append(member)
     model: LanguageModel = Ensemble(members) if payload.get("ensemble") else members[0]
@@ -240,9 +249,50 @@ def load_model(path: Path) -> tuple[LanguageModel, HParams, tuple[str, ...]]:
     return model, hp, itos
 
 
+def _parts(path: Path, payload: dict[str, Any]
+           ) -> tuple[HParams, tuple[str, ...], list[dict[str, torch.Tensor]]]:
+    """A model file's hyperparameters, vocabulary and members' weights, each checked for
+    shape before anything is built from them. Raises ModelFileError."""
+    raw = payload.get("hparams")
+    problems = ([f"{k}: {why}" for k, v in raw.items() if (why := hparams.check_value(k, v))]
+                if isinstance(raw, dict) else ["no hyperparameters"])
+    itos = payload.get("itos")
+    if not isinstance(itos, list | tuple) or not itos or not all(
+            isinstance(c, str) and len(c) == 1 for c in itos) or len(set(itos)) != len(itos):
+        problems.append("its vocabulary is not a list of distinct characters")
+    states = payload.get("state_dicts") or [payload.get("state_dict")]
+    if not all(isinstance(st, dict) and all(isinstance(v, torch.Tensor) for v in st.values())
+               for st in states):
+        problems.append("its weights are not tensors by name")
+    if problems:
+        raise ModelFileError(f"{path}: not a model this harness can read: "
+                             + "; ".join(problems))
+    assert isinstance(raw, dict) and isinstance(itos, list | tuple)
+    return hparams.make(raw), tuple(itos), states
+
+
+def _first_difference(found: dict[str, tuple[int, ...]],
+                      expected: dict[str, tuple[int, ...]]) -> str:
+    for key in sorted(set(found) | set(expected)):
+        if found.get(key) != expected.get(key):
+            return (f"{key}: {found.get(key, 'missing')}, expected "
+                    f"{expected.get(key, 'none')}")
+    return "they differ"
+
+
 def sample_words(model: LanguageModel, itos: Sequence[str], n: int, *, seed: int,
                  temperature: float = 1.0, max_length: int = 32) -> list[str]:
-    """`n` words sampled from the model with a seeded generator, decoded with `itos`."""
+    """`n` words sampled from the model with a seeded generator, decoded with `itos`. Raises
+    InputError for a temperature that is not a number > 0 or a seed outside 0..2^63-1, and
+    MemoryBudgetExceeded for more names than fit."""
+    if not (isinstance(temperature, int | float) and math.isfinite(temperature)
+            and temperature > 0):
+        raise InputError(f"temperature must be a number > 0, got {temperature!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"seed must be in 0..{MAX_SEED}, got {seed}")
+    members = len(model.members) if isinstance(model, Ensemble) else 1
+    memory.check(memory.sampling(n, max_length, len(itos), model.context_length, members),
+                 f"sampling {n:,} names of up to {max_length:,} characters")
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     rows = sample(model, n, generator=gen, temperature=temperature, max_length=max_length)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.config.hparams import PRECISIONS, HParams
+from harness.training import memory
 from harness.training.model import MLP
 from harness.training.steps import ManualStep
 from harness.training.train import resolve_device
@@ -60,6 +61,10 @@ def measure(hp: HParams, vocab_size: int, *, device: str = "cpu",
     the choice is clear (CLEAR_RATIO): about a second for search.yaml's models where bf16
     is native, 6-8 s (measured) on a Zen 3 that emulates it."""
     dev = resolve_device(device)
+    # Two models of the largest config: one that cannot fit is said before it is built.
+    memory.check(memory.Estimate({k: 2 * v for k, v in memory.training(hp, vocab_size, 1)
+                                  .parts.items()}), "timing precision auto's largest config",
+                 device=dev.type)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

@@ -22,6 +22,7 @@ import torch
 
 from harness.config.hparams import HParams
 from harness.errors import TrainingDiverged
+from harness.training import memory
 from harness.training.data import SearchData
 from harness.training.model import MLP, mean_loss, n_params
 from harness.training.steps import make_step
@@ -223,6 +224,10 @@ def train(
                                or not 0 < resume.step < steps):
         raise ValueError("the training state to resume is of another run (config or steps)")
     dev = resolve_device(device)
+    # Memory is checked before any is spent: a config that cannot fit fails here, not in the
+    # allocator (MemoryBudgetExceeded).
+    memory.check(memory.training(hp, len(data.vocab), len(data.dev)), "this config",
+                 device=dev.type)
     # Same seed, same result: one generator seeds the init, another draws the batches.
     torch.manual_seed(hp.seed)
     batch_gen = torch.Generator(device=dev).manual_seed(hp.seed)

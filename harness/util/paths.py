@@ -15,12 +15,46 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.errors import InputError
 from harness.util.processes import pid_alive
 
 
 def root() -> Path:
-    """The results root: $HARNESS_ROOT, else ./mlruns (relative to the working directory)."""
-    return Path(os.environ.get("HARNESS_ROOT", "mlruns"))
+    """The results root: $HARNESS_ROOT, else ./mlruns (relative to the working directory).
+    Raises InputError when it names something that is not a folder."""
+    path = Path(os.environ.get("HARNESS_ROOT", "mlruns"))
+    if path.exists() and not path.is_dir():
+        raise InputError(f"the results folder {path} is not a folder (set HARNESS_ROOT to a "
+                         "folder, or move the file away)")
+    return path
+
+
+def writable(path: Path) -> bool:
+    """Whether this process may create files in `path` (the nearest folder that exists, for a
+    path not made yet)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return os.access(path, os.W_OK)
+
+
+def require_writable(path: Path | None = None) -> None:
+    """Raise InputError unless this process may write under `path` (default: the results
+    root), before anything is written."""
+    path = root() if path is None else path
+    if not writable(path):
+        raise InputError(f"cannot write under {path}: it is read-only for this user (commands "
+                         "that only read, such as status and leaderboard, work on it; set "
+                         "HARNESS_ROOT to a writable folder to run studies)")
+
+
+def output_file(path: Path) -> Path:
+    """`path` as a file to write (its folder made): raises InputError when it is a folder or
+    cannot be written."""
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a file name to write to")
+    require_writable(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def tracking_uri() -> str:

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -32,6 +33,26 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def identity(pid: int | None = None) -> str | None:
+    """What tells process `pid` (default: this one) from a later process that reuses its number
+    on this host: the boot and the process's start time (Linux); None where unknown."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{started}"
+
+
+def runs(pid: int, recorded_identity: str | None) -> bool:
+    """Whether process `pid` on this host runs and is the one recorded (not a later process
+    that reuses its number)."""
+    if not pid_alive(pid):
+        return False
+    return recorded_identity is None or identity(pid) in (None, recorded_identity)
 
 
 def threads_per_worker(n_workers: int, threads: int | None = None) -> int:
