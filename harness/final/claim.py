@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,14 +25,15 @@ import optuna
 
 from harness.errors import AlreadyFinalized
 from harness.search import claims
-from harness.util.processes import identity, runs
+from harness.util.processes import every, identity, runs
 
 log = logging.getLogger(__name__)
 
 KEY = "finalize"
-BEAT_ATTR = "finalize.beat"  # study user attr: {"generation": G, "time": epoch seconds}
+BEAT_ATTR = "finalize.beat.{}"  # study user attr per generation: {"time": t, "released": b}
 BEAT_S = 30.0  # how often the holder records that it lives
 STALE_S = 300.0  # a claimant on another host without a beat for this long has died
+_HELD_HERE: set[tuple[str, int]] = set()  # (study, generation) held by this process now
 
 
 @dataclass(frozen=True)
@@ -72,28 +72,20 @@ class Held:
 
     @contextlib.contextmanager
     def beating(self) -> Iterator[None]:
-        stop = threading.Event()
-
         def beat() -> None:
-            while True:
-                try:
-                    self.study.set_user_attr(BEAT_ATTR, {"generation": self.generation,
-                                                         "time": time.time()})
-                except Exception:  # a missed beat is what STALE_S is for
-                    log.warning("could not record finalize's beat")
-                if stop.wait(BEAT_S):
-                    return
+            try:
+                self.study.set_user_attr(BEAT_ATTR.format(self.generation),
+                                         {"time": time.time()})
+            except Exception:  # a missed beat is what STALE_S is for
+                log.warning("could not record finalize's beat")
 
-        thread = threading.Thread(target=beat, name="finalize-beat", daemon=True)
-        thread.start()
         try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-            # Given up: the next finalize (in this process, or elsewhere) need not wait.
-            self.study.set_user_attr(BEAT_ATTR, {"generation": self.generation,
-                                                 "time": time.time(), "released": True})
+            with every(BEAT_S, beat, "finalize-beat"):
+                yield
+        finally:  # given up: the next finalize (in this process or elsewhere) need not wait
+            _HELD_HERE.discard((self.study.study_name, self.generation))
+            self.study.set_user_attr(BEAT_ATTR.format(self.generation),
+                                     {"time": time.time(), "released": True})
 
 
 def acquire(study: optuna.Study) -> Held:
@@ -106,6 +98,7 @@ def acquire(study: optuna.Study) -> Held:
         if not found:
             rank, first = claims.take(study, f"{KEY}.{generation}", me.to_attrs())
             if rank == 0:
+                _HELD_HERE.add((study.study_name, generation))
                 return Held(study, generation)
             found = [first]  # another process took it a moment before
         holder = Claimant.from_attrs(found[0])
@@ -122,16 +115,16 @@ def acquire(study: optuna.Study) -> Held:
 
 def released(study: optuna.Study, generation: int) -> bool:
     """Whether the holder of `generation` gave it up as it ended (failed or not)."""
-    beat = study.user_attrs.get(BEAT_ATTR) or {}
-    return beat.get("generation") == generation and bool(beat.get("released"))
+    return bool((study.user_attrs.get(BEAT_ATTR.format(generation)) or {}).get("released"))
 
 
 def lives(study: optuna.Study, generation: int, c: Claimant) -> bool:
     """Whether the claimant of `generation` still runs."""
     if c.pid is None or c.host is None:  # an earlier harness's claim: long gone
         return False
-    beat = study.user_attrs.get(BEAT_ATTR) or {}
     if c.host == socket.gethostname():
+        if c.pid == os.getpid():  # this process: live while one of its threads holds it
+            return (study.study_name, generation) in _HELD_HERE
         return runs(c.pid, c.process)
-    last = beat.get("time", c.since) if beat.get("generation") == generation else c.since
-    return time.time() - float(last) < STALE_S
+    beat = study.user_attrs.get(BEAT_ATTR.format(generation)) or {}
+    return time.time() - float(beat.get("time", c.since)) < STALE_S

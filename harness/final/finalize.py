@@ -59,16 +59,15 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", worke
     record = records.read_record(study)
     if record is not None:
         record = data_guard.check(spec, study, record, allow_data_change)
-    _refuse_if_published(spec, study, force)
+    _refuse_if_published(study, force)
     held = claim.acquire(study)
     with held.beating():
-        _refuse_if_published(spec, study, force)  # by the holder that just gave the claim up
-        recorded = evaluate.recorded(study)
-        if recorded is not None and not force:  # killed between the test and publishing
+        _refuse_if_published(study, force)  # by the holder that just gave the claim up
+        if (recorded := _unpublished(study)) is not None:  # killed after its test evaluation
             if observer:
                 observer.resuming(recorded.test_evaluations)
             return publish.publish(spec, study, recorded)
-        if recorded is None and evaluate.count(study) and not force:
+        if not force and evaluate.count(study) and evaluate.recorded(study) is None:
             raise AlreadyFinalized(
                 f"study {study.study_name!r} had its test split evaluated by an earlier "
                 "version of the harness, which was interrupted before it recorded the result; "
@@ -76,6 +75,17 @@ def finalize(spec: StudySpec, *, force: bool = False, device: str = "cpu", worke
         changes = data_guard.accepted(record)
         extra: list[Section] = [DataChanges(tuple(changes))] if changes else []
         return _transact(spec, study, workers, device, observer, extra)
+
+
+def _unpublished(study: optuna.Study) -> FinalResult | None:
+    """The result of the study's latest test evaluation when it was never published (its
+    finalize was killed after the evaluation), else None."""
+    recorded = evaluate.recorded(study)
+    published = records.read_final(study)
+    if recorded is None or (published is not None and published.get("test_evaluations", 0)
+                            >= recorded.test_evaluations):
+        return None
+    return recorded
 
 
 def _transact(spec: StudySpec, study: optuna.Study, workers: int, device: str,
@@ -111,10 +121,11 @@ def _transact(spec: StudySpec, study: optuna.Study, workers: int, device: str,
     return publish.publish(spec, study, result)
 
 
-def _refuse_if_published(spec: StudySpec, study: optuna.Study, force: bool) -> None:
-    """Raise AlreadyFinalized when the study's result is published (unless forced)."""
+def _refuse_if_published(study: optuna.Study, force: bool) -> None:
+    """Raise AlreadyFinalized when the study's latest result is published (unless forced: the
+    test split is then evaluated again, and counted)."""
     final = records.read_final(study)
-    if final is None or force:
+    if final is None or force or _unpublished(study) is not None:
         return
     result = FinalResult.from_dict(final)
     raise AlreadyFinalized(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,6 +25,7 @@ from harness.config import StudySpec
 from harness.errors import StorageError, StudyNotFound
 from harness.search import journal
 from harness.util import paths
+from harness.util.processes import every
 from harness.util.redact import redact
 
 log = logging.getLogger(__name__)
@@ -149,22 +149,12 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
         return
     s, tid = of(study), trial._trial_id
     assert isinstance(s, BaseHeartbeat)  # a database storage (cached by Optuna)
-    interval = s.get_heartbeat_interval()
-    stop = threading.Event()
 
     def beat() -> None:
-        while True:
-            try:
-                s.record_heartbeat(tid)
-            except Exception:  # a missed beat is what the grace period is for
-                log.warning("could not record the heartbeat of trial %d", trial.number)
-            if stop.wait(interval):
-                return
+        try:
+            s.record_heartbeat(tid)
+        except Exception:  # a missed beat is what the grace period is for
+            log.warning("could not record the heartbeat of trial %d", trial.number)
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
-    thread.start()
-    try:
+    with every(float(s.get_heartbeat_interval() or 60), beat, f"heartbeat-{trial.number}"):
         yield
-    finally:
-        stop.set()
-        thread.join()

@@ -103,6 +103,27 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def every(interval_s: float, fn: Callable[[], None], name: str) -> Iterator[None]:
+    """Call `fn` at once and then every `interval_s` seconds, in a daemon thread, while the
+    block runs (a heartbeat); `fn` handles its own failures."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while True:
+            fn()
+            if stop.wait(interval_s):
+                return
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def stop_with_parent(parent: int | None) -> None:
     """Have this process interrupted (SIGTERM) when `parent` dies, even by SIGKILL, rather
     than go on working with no one supervising it. Linux only (prctl). Exits at once (130)

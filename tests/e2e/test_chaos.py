@@ -50,14 +50,14 @@ def _start(path: Path, cwd: Path, failpoint: str | None) -> subprocess.Popen:
 def test_killed_anywhere_and_run_again_the_study_finishes_as_if_nothing_happened(
         seed: int, tmp_path: Path, write_study) -> None:
     rng = random.Random(seed)
-    path = write_study(tiny_study(budget={"n_trials": N_TRIALS, "steps": 400,
+    path = write_study(tiny_study(budget={"n_trials": N_TRIALS, "steps": 200,
                                           "eval_every": 50},
                                   finalize={"top_k": 2, "seeds": 2, "samples": 5,
                                             "ensemble": True}))
     history = []
     for attempt in range(40):
         failpoint = rng.choice(FAILPOINTS) if rng.random() < 0.3 else None
-        delay = None if failpoint or attempt >= 30 else rng.uniform(3.0, 35.0)
+        delay = None if failpoint or attempt >= 30 else rng.uniform(3.0, 30.0)
         proc = _start(path, tmp_path, failpoint)
         try:
             out, _ = proc.communicate(timeout=delay)

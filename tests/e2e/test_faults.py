@@ -402,7 +402,7 @@ def test_a_real_tracking_server_that_goes_down_for_good_then_comes_back(write_st
     args = ["run-study", str(path), "--no-finalize", "--tracking-uri", f"http://127.0.0.1:{port}"]
     # No retries: a stopped server fails the next call at once (its port refuses); a timeout
     # long enough that a server slowed by a busy machine is not mistaken for a stopped one.
-    quick_failure = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+    quick_failure = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
     proc = serve(server, f"http://127.0.0.1:{port}/health", tmp_path)
     run = harness(*args, cwd=tmp_path, env=quick_failure)

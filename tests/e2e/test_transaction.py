@@ -5,12 +5,14 @@ once in all. A study remembers its data."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 import harness.final.retrain
@@ -43,14 +45,28 @@ def final_runs(name: str) -> list:
             if r.data.tags.get("harness.stage") == "final"]
 
 
+@pytest.fixture(scope="module")
+def _searched_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny study, searched once for this module: 2 candidates on 2 seeds, an ensemble."""
+    folder = tmp_path_factory.mktemp("searched")
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(folder)
+        m.setenv("HARNESS_ROOT", str(folder / "mlruns"))
+        path = folder / "study.yaml"
+        path.write_text(yaml.safe_dump(tiny_study(
+            budget={"n_trials": 2, "steps": 100, "eval_every": 50},
+            finalize={"top_k": 2, "seeds": 2, "samples": 5, "ensemble": True})))
+        search(load_spec(path))
+    return folder
+
+
 @pytest.fixture
-def searched(write_study):
-    """A tiny study, searched, not finalized: 2 candidates on 2 seeds, with an ensemble."""
-    path = write_study(tiny_study(budget={"n_trials": 2, "steps": 100, "eval_every": 50},
-                                  finalize={"top_k": 2, "seeds": 2, "samples": 5,
-                                            "ensemble": True}))
-    search(load_spec(path))
-    return path
+def searched(_searched_once: Path, tmp_path: Path) -> Path:
+    """That study, searched and not finalized, copied where this test runs (its MLflow
+    store's artifacts are where the search wrote them, which stays)."""
+    shutil.copytree(_searched_once / "mlruns", tmp_path / "mlruns")
+    shutil.copy(_searched_once / "study.yaml", tmp_path / "study.yaml")
+    return tmp_path / "study.yaml"
 
 
 @pytest.mark.parametrize("moment", ["finalize:chosen", "finalize:recorded", "finalize:tracked",
@@ -194,3 +210,22 @@ def test_an_earlier_study_without_a_fingerprint_is_not_refused(write_study):
     records.write_record(study, dataclasses.replace(record, data=None))
     study, record = prepare_study(spec)  # resumed: nothing to compare with, and nothing said
     assert record.data is None
+
+
+def test_a_forced_finalize_killed_after_its_test_is_published_not_evaluated_again(
+        searched, tmp_path, capsys):
+    assert main(["finalize", str(searched)]) == 0
+    env_kill = finalize_in_a_process(searched, tmp_path, "finalize:recorded")
+    assert env_kill.returncode == 1  # refused: finalized, and not forced
+    forced = subprocess.run([sys.executable, "-m", "harness", "finalize", str(searched),
+                             "--force"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, env={**os.environ,
+                                              "HARNESS_FAILPOINT": "finalize:recorded"})
+    assert forced.returncode == -signal.SIGKILL, forced.stderr
+    study = load_study(load_spec(searched))
+    assert evaluate.count(study) == 2
+    capsys.readouterr()
+    assert main(["finalize", str(searched)]) == 0  # publishes evaluation 2
+    assert "publishing the result its interrupted finalize recorded (test evaluation 2)" \
+        in capsys.readouterr().err
+    assert evaluate.count(study) == 2 and records.read_final(study)["test_evaluations"] == 2
