@@ -24,4 +24,5 @@ COMMANDS: Mapping[str, Command] = {
     "reproduce": look.reproduce_trial,
     "report": look.write_report,
     "baseline": look.baselines,
+    "init": run.init,
 }

@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     provenance.set_command(sys.argv[1:] if argv is None else argv)
     try:
-        paths = args.study if isinstance(args.study, list) else [args.study]
+        paths = args.study if isinstance(args.study, list) else [args.study]  # init: none
         specs = [load(args, path) for path in paths]
         logs.configure(args.verbose)
         # Torch, Optuna and MLflow load here, once the study files are known to be valid.

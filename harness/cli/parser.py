@@ -33,13 +33,17 @@ artifacts/), the embedded Optuna storage (optuna.journal) and per-study outputs 
 
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
 def positive_float(text: str) -> float:
@@ -55,10 +59,7 @@ def positive_float(text: str) -> float:
 
 def seed(text: str) -> int:
     """An argparse type: a seed, 0..2^63-1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _whole(text)
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"must be in 0..2^63-1, got {value}")
     return value
@@ -74,10 +75,7 @@ def port(text: str) -> int:
 
 def trial_number(text: str) -> int:
     """An argparse type: a trial's number, >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _whole(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
@@ -137,6 +135,9 @@ HELP = {
     "report": "Write the study's report as one Markdown file: provenance, the leaderboard's "
               "top 10, the figures, the final model's dev and test with the references, 20 "
               "names.",
+    "init": "Write a study file sized to a word list and to this machine: read the words, score "
+            "the count-based models to beat, time the training step, size the space, the "
+            "trials and the final model to the time given.",
     "baseline": "Dev losses of count-based models on the study's split: the lecture's bigram "
                 "and Kneser-Ney n-grams of orders 2 to 7 (discount tuned on dev).",
 }
@@ -166,7 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
     _search_commands(add)
     _look_commands(add)
     _tool_commands(add)
+    _init_command(sub)
     return parser
+
+
+def _init_command(sub: Any) -> None:
+    """`harness init WORDS.txt`: its argument is a word list, not a study file."""
+    p = sub.add_parser("init", help=HELP["init"], description=HELP["init"])
+    p.add_argument("words", metavar="WORDS.txt", help="a UTF-8 file, one word per line")
+    p.add_argument("--minutes", type=positive_float, default=60.0,
+                   help="wall time of the whole study, its final model included (default: 60)")
+    p.add_argument("--workers", type=positive_int, metavar="N",
+                   help="worker processes (default: one per CPU core)")
+    p.add_argument("--out", metavar="STUDY.yaml",
+                   help="where to write the study file (default: WORDS.yaml here)")
+    p.set_defaults(command="init", study=[], set=[])
 
 
 Add = Any  # add(name, *shared options, many=False) -> the command's parser

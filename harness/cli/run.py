@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from harness import api
 from harness.cli.progress import Progress
@@ -13,7 +16,7 @@ from harness.cli.render import describe_timing, format_final, format_front, trac
 from harness.config import StudySpec, parse_assignments
 from harness.config.hparams import AUTO_PRECISION, HParams
 from harness.errors import AlreadyFinalized, SpecError
-from harness.results import plots
+from harness.results import plots, sizing
 from harness.results.lr_find import lr_find
 from harness.search import counting, records
 from harness.search.worker import choose_threads, join_study, work
@@ -150,4 +153,25 @@ def find_lr(args: argparse.Namespace, specs: Sequence[StudySpec]) -> int:
     print(f"lowest loss at lr {high:.3g}; suggested search range: lr {low:.3g} .. {high:.3g}")
     print(f"  search: {{lr: {{type: float, low: {low:.2e}, high: {high:.2e}, log: true}}}}")
     print(f"plot: {path}")
+    return 0
+
+
+def init(args: argparse.Namespace, specs: Sequence[StudySpec]) -> int:
+    """Write a study file sized to a word list and this machine."""
+    words = Path(args.words)
+    out = paths.output_file(Path(args.out or f"{words.stem}.yaml"))
+    workers = args.workers or sizing.default_workers()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", out.stem).strip("-._") or "study"
+    print(f"reading {words} and scoring the count-based models on its dev split...",
+          file=sys.stderr)
+    profile = sizing.profile(words)
+    print("timing the training step here...", file=sys.stderr)
+    pace = sizing.measure_pace(profile, batch=256, threads=max(1, (os.cpu_count() or 1)
+                                                                // workers))
+    plan = sizing.plan(profile, pace, args.minutes, workers)
+    sizing.estimate_ok(profile, plan)
+    out.write_text(sizing.study_text(out, profile, pace, plan, name), encoding="utf-8")
+    for line in sizing.summarize_plan(profile, pace, plan):
+        print(line)
+    print(f"written: {out}\nrun it:  harness run-study {out}")
     return 0
