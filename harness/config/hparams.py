@@ -52,6 +52,19 @@ class HParams:
 
 
 NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HParams))
+
+# Hyperparameters that matter under one value of another only: the schedules' own.
+APPLIES_UNDER: Mapping[str, tuple[str, Any]] = {
+    "lr_step_factor": ("lr_schedule", "step"), "lr_step_at": ("lr_schedule", "step"),
+    "warmup_frac": ("lr_schedule", "cosine"), "lr_min_frac": ("lr_schedule", "cosine")}
+
+
+def applies(name: str, config: Mapping[str, Any]) -> bool:
+    """Whether hyperparameter `name` has any effect in `config` (a full set of values)."""
+    if name not in APPLIES_UNDER:
+        return True
+    under, value = APPLIES_UNDER[name]
+    return config.get(under) == value
 DEFAULTS: Mapping[str, Any] = {f.name: f.default for f in dataclasses.fields(HParams)}
 _KINDS: Mapping[str, type] = {"int": int, "float": float, "str": str}
 TYPES: Mapping[str, type] = {f.name: _KINDS[str(f.type)] for f in dataclasses.fields(HParams)}

@@ -159,10 +159,19 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (),
         raise SpecError(source, ["the study file is not UTF-8 text"]) from None
     except OSError as exc:
         raise SpecError(source, [f"cannot read the study file: {exc.strerror}"]) from None
-    raw = parse_yaml(text, source)
+    return load_mapping(parse_yaml(text, source), source, p.stem, overrides, values)
+
+
+def load_mapping(raw: Any, source: str = "<dict>", default_name: str = "study",
+                 overrides: Sequence[str] = (),
+                 values: Mapping[str, Any] | None = None) -> StudySpec:
+    """Validate a study given as a mapping (what a study file's YAML reads as), with the same
+    overrides as `load_spec`. Raises SpecError (all problems at once)."""
     if raw is not None and not isinstance(raw, dict):
         raise SpecError(source, [f"a study file is a mapping of keys, got {type(raw).__name__}"])
+    if raw is not None and (nodes := expanded_size(raw)) > MAX_NODES:
+        raise SpecError(source, [f"the study holds {nodes:,} values (at most {MAX_NODES:,})"])
     assignments = {**parse_assignments(overrides, "--set", source), **(values or {})}
     raw = apply_overrides(raw or {}, assignments, source)
-    return validate(raw, source, default_name=p.stem)
+    return validate(raw, source, default_name=default_name)
 

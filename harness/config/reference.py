@@ -230,3 +230,21 @@ def markdown() -> str:
     lines += [f"| `{r.key.removeprefix('hparams.')}` | {r.type} | {r.default} | "
               f"{r.meaning} |" for r in hps]
     return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- reference: begin -->", "<!-- reference: end -->"
+
+
+def page(text: str) -> str:
+    """`text` (the docs page) with the part between its markers made the reference anew."""
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{markdown()}{END}{tail}"
+
+
+if __name__ == "__main__":  # python -m harness.config.reference docs/study-file.md
+    import sys
+    from pathlib import Path
+
+    target = Path(sys.argv[1])
+    target.write_text(page(target.read_text(encoding="utf-8")), encoding="utf-8")

@@ -52,7 +52,10 @@ def _row(r: TrialRecord, on_front: set[int] | None) -> dict[str, Any]:
         "best_dev_loss": r.best,
         "best_step": best_step,
         "last_dev_loss": last_dev,
-        **{name: r.hparams.get(name) for name in hparams.NAMES},
+        # A value that has no effect in the trial's config is left empty (a step schedule's
+        # factor on a cosine trial, say).
+        **{name: r.hparams.get(name) if hparams.applies(name, r.hparams) else None
+           for name in hparams.NAMES},
         "n_params": r.n_params,
         "steps": r.steps,
         "steps_per_sec": r.steps_per_sec,
@@ -199,13 +202,18 @@ def board(name: str, study: optuna.Study, searched: Sequence[str],
                  tuple(f"{name}: {v}" for v in edge_flags(study).values()))
 
 
+def to_csv(df: pd.DataFrame) -> str:
+    """The leaderboard as CSV, numbers to 6 significant digits (the losses' noise is larger)."""
+    return df.to_csv(index=False, float_format="%.6g")
+
+
 def render(boards: Sequence[Board], fmt: str = "csv", n: int | None = None) -> str:
     """One table of one or several studies (a study column then), as CSV or Markdown (the
     ranking columns and the searched parameters only), down to the `n`-th ranked trial."""
     df = combine({b.name: b.table for b in boards}) if len(boards) > 1 else boards[0].table
     df = first_ranked(df, n)
     if fmt == "csv":
-        return df.to_csv(index=False)
+        return to_csv(df)
     searched = list(dict.fromkeys(p for b in boards for p in b.searched))
     marks = [c for c in ("feasible", "pareto") if c in df and df[c].eq(False).any()]
     columns = ["rank", "study", "trial", "state", *marks, "model", "best_dev_loss", "best_step",

@@ -33,7 +33,8 @@ def publish_search(spec: StudySpec, study: optuna.Study, record: StudyRecord,
     run-study draws them."""
     out = paths.study_dir(spec.name) / "leaderboard.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    leaderboard.build(study, pareto_metric=spec.objective.pareto).to_csv(out, index=False)
+    board = leaderboard.build(study, pareto_metric=spec.objective.pareto)
+    out.write_text(leaderboard.to_csv(board), encoding="utf-8")
     try:
         tracker = open_tracker(spec)
         tracker.log_artifact(record.parent_run_id, out)

@@ -246,7 +246,7 @@ def worker_main(spec: StudySpec, device: str, threads: int, gpu: int | None,
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before CUDA is first used
     interrupt_on_signals()
     stop_with_parent(parent)
-    logs.configure(verbose=False)
+    logs.configure(verbose=bool(os.environ.get("HARNESS_VERBOSE")))  # as its parent
     torch.set_num_threads(threads)
     try:
         preload()  # MLflow's import, while the coordinator creates the stores

@@ -25,7 +25,7 @@ import mlflow.pyfunc
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from harness.tracking.store import call
+from harness.tracking.store import call, quiet
 from harness.training.model import complete, load_model
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ def register(tracking_uri: str, run_id: str, weights: Path, name: str,
     version. Raises TrackingError."""
 
     def log_and_register() -> str:
+        quiet()
         mlflow.set_tracking_uri(tracking_uri)
         client = mlflow.MlflowClient(tracking_uri)
         earlier = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")

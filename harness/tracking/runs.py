@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import StudySpec
-from harness.tracking.store import call, store_lock
+from harness.tracking.store import call, quiet, store_lock
 from harness.util import paths
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class Tracker:
 
     def __init__(self, uri: str | None, experiment: str) -> None:
         from mlflow import MlflowClient  # imported here: mlflow takes a second to import
+
+        quiet()
 
         self.uri = uri or paths.tracking_uri()
         if uri is None:

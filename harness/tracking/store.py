@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -59,6 +60,15 @@ def check_reachable(uri: str | None, timeout_s: float = 5.0) -> None:
 def preload() -> None:
     """Import MLflow now (a second or more), e.g. while waiting for a study to be created."""
     import mlflow  # noqa: F401
+
+
+def quiet() -> None:
+    """Silence what MLflow prints itself ("Successfully registered model ...", "Created
+    version ...") unless the harness runs verbose (harness.util.logs)."""
+    from mlflow.utils import logging_utils  # mlflow is loaded by the caller already
+
+    if not os.environ.get("HARNESS_VERBOSE"):
+        logging_utils.disable_logging()
 
 
 def call(uri: str, fn: Callable[[], T]) -> T:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,10 +65,17 @@ def test_train_rejects_bad_param(tmp_path: Path, capsys):
 
 @pytest.mark.slow
 def test_run_study_then_leaderboard(tmp_path: Path, write_study):
-    path = write_study(tiny_study(budget={"n_trials": 2, "steps": 100, "eval_every": 50}))
+    path = write_study(tiny_study(budget={"n_trials": 2, "steps": 100, "eval_every": 50},
+                                  finalize={"top_k": 1, "seeds": 2}))
     proc = harness("run-study", str(path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "[2/2]" in proc.stderr and "best trial" in proc.stdout
+    # Quiet: the harness's own lines only; MLflow's and Optuna's go to the log file.
+    printed = proc.stdout + proc.stderr
+    theirs = re.compile(r"^(\d{4}/\d\d/\d\d |\[[IWE] \d|(INFO|WARNING|ERROR) (?!harness)|"
+                        r"Successfully registered|Created version)", re.MULTILINE)
+    assert not theirs.search(printed), printed
+    assert "mlflow.pyfunc" in (tmp_path / "mlruns" / "harness.log").read_text()
     proc = harness("leaderboard", str(path), "--out", "board.csv", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     df = pd.read_csv(tmp_path / "board.csv")

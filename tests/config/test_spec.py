@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,17 @@ def test_every_shipped_study_is_valid(path: Path):
     # the fixed values make a valid config (auto: once measured, either precision does)
     for precision in (("fp32", "bf16") if spec.auto_precision else (None,)):
         (spec.with_precision(precision) if precision else spec).base_hparams()
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_study_is_a_template_a_person_reads(path: Path):
+    """A header of at most 5 lines (what it is for, how long, where its results go), and no
+    run history: comments say what a key does (runs are recorded in studies/RESULTS.md)."""
+    lines = path.read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    assert 1 <= header <= 5
+    assert "harness " in "\n".join(lines[:header])  # the command that runs it
+    assert not re.search(r"\b(runs? \d+|probes? [A-Z]|EPYC|Xeon|Zen \d)", path.read_text())
 
 
 def test_tiny_study_parses(write_study):

@@ -1,5 +1,7 @@
 """A study recorded by an earlier harness (main at 0f364a5, before the floors) still opens:
-its journal, MLflow store and final model give the same status, leaderboard and names."""
+its journal, MLflow store and final model give the same status, leaderboard and names. (The
+leaderboard CSV's golden file is that version's table as the harness writes it now: numbers
+to 6 significant digits, a schedule's own values empty where the schedule is another.)"""
 
 from __future__ import annotations
 

@@ -71,6 +71,7 @@ def test_graphed_step_logic_matches_manual_on_cpu(name: str):
     assert graphed.dev_curve[-1][1] < graphed.dev_curve[0][1]
 
 
+@pytest.mark.cuda
 def test_cuda_graph_step_matches_manual():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device: the graph capture itself runs only on a GPU")
