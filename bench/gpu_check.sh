@@ -3,7 +3,7 @@
 #   1. install the carried wheels (bench/gpu_wheels.sh prepares them, in .whl/);
 #   2. run the CUDA tests (the CUDA-graph step included);
 #   3. train the lecture's config and studies/search.yaml's largest on the GPU for a fixed
-#      number of steps (bench/gpu_step.py: steps/s, against bench/results/cpu-step.json);
+#      number of steps (bench/gpu_step.py: steps/s, against bench/results/cpu-step-*.json);
 #   4. run studies/gpu.yaml for 4 minutes, its workers.per_gpu workers on the one GPU (bf16),
 #      sampling nvidia-smi each second: trials per minute, GPU utilisation, best dev loss.
 # On the device tool:   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
@@ -42,6 +42,8 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 else
   log "wheels: none in .whl (bench/gpu_wheels.sh prepares them); using what is installed"
 fi
+# This tree's harness, ahead of any installed copy.
+[ $DRY = 1 ] && export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 [ $DRY = 0 ] && export PYTHONPATH="${PYTHONPATH:-$PWD}"
 [ $UTIL = 1 ] && nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 

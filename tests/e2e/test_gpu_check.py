@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def test_the_gpu_check_runs_dry_on_this_cpu(tmp_path: Path) -> None:
                         f"{prepared.stderr.strip().splitlines()[-1:]}")
     wheels = sum(p.stat().st_size for p in (REPO / ".whl").glob("*.whl"))
     assert wheels < 48 * 2**20  # with the tree, under the device tool's 64 MiB
-    env = {**os.environ, "OUT": str(tmp_path / "out")}
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
     env.pop("HARNESS_ROOT", None)
     proc = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)

@@ -39,7 +39,7 @@ def test_the_plan_follows_the_data_and_the_time() -> None:
 
 
 @pytest.mark.slow
-def test_init_writes_a_study_that_run_study_takes_as_it_is(tmp_path: Path, capsys) -> None:
+def test_init_writes_a_valid_study_that_explains_each_choice(tmp_path: Path, capsys) -> None:
     words = tmp_path / "some names.txt"
     words.write_text("\n".join(bundled_words_path().read_text().split()[:4000]) + "\n")
     out = tmp_path / "names.yaml"
