@@ -170,20 +170,14 @@ def study_text(path: Path, p: Profile, pace: Pace, plan_: Plan, name: str) -> st
     pl, kn = plan_, p.kneser_ney
     rungs = _round(pl.steps / 4, pl.eval_every, pl.eval_every, pl.steps)
     ema = 0.999 if pl.steps >= 10_000 else 0.998
-    first = {"context_length": pl.context[1] - 1, "embedding_dim": pl.embedding[1] * 3 // 4,
-             "hidden_width": pl.width[1], "dropout": 0.2, "weight_decay": 0.05,
-             "lr": 5.0e-4, "lr_step_factor": 0.05, "lr_step_at": 0.9}
-    second = {"context_length": (pl.context[0] + pl.context[1]) // 2,
-              "embedding_dim": pl.embedding[0] * 2,
-              "hidden_width": max(pl.width[0], pl.width[1] * 3 // 4), "dropout": 0.15,
-              "weight_decay": 0.02, "lr": 7.0e-4, "lr_step_factor": 0.1, "lr_step_at": 1.0}
     lines = [
         f"# Written by `harness init` for {pl.minutes:g} minutes on {pl.workers} worker(s) here.",
         f"#   harness run-study {path}",
         f"# To beat: the Kneser-Ney {kn.order}-gram, dev {kn.dev_loss:.4f} on this split.",
         f"# Results: mlruns/studies/{name}/. Each key's comment says why init chose it.",
         (f"name: {name}", ""),
-        (f"data: {{path: {json.dumps(p.path)}, train: 0.8, dev: 0.1, test: 0.1, seed: 42}}", ""),
+        (f"data: {{path: {json.dumps(p.path)}, train: 0.8, dev: 0.1, test: 0.1, seed: 42}}",
+         "a relative path is read from the folder harness runs in"),
         ("budget:", ""),
         ("  n_trials: 500", "an upper bound: the wall time ends the search"),
         (f"  steps: {pl.steps}", pl.reasons["steps"]),
@@ -213,7 +207,7 @@ def study_text(path: Path, p: Profile, pace: Pace, plan_: Plan, name: str) -> st
         ("  lr_schedule: step", "a late drop of the rate (lr_step_at 1.0: none)"),
         (f"  ema_decay: {ema}", "evaluate an average of the weights: less noise"),
         ("enqueue:", "two starting points, from the rules, sized to these words"),
-        *[(f"  - {_flow(config)}", "") for config in (first, second)],
+        *[(f"  - {_flow(config)}", "") for config in _starting_configs(pl)],
         ("search:", ""),
         (f"  context_length: {{type: int, low: {pl.context[0]}, high: {pl.context[1]}}}",
          pl.reasons["context"]),
@@ -229,6 +223,19 @@ def study_text(path: Path, p: Profile, pace: Pace, plan_: Plan, name: str) -> st
     ]
     return "\n".join(line if isinstance(line, str) else _commented(*line)
                      for line in lines) + "\n"
+
+
+def _starting_configs(pl: Plan) -> tuple[dict[str, float], dict[str, float]]:
+    """Two known-good starting points scaled to the plan's space: a wide, long-context one
+    with a late drop of the rate, and a middle one with none."""
+    first = {"context_length": pl.context[1] - 1, "embedding_dim": pl.embedding[1] * 3 // 4,
+             "hidden_width": pl.width[1], "dropout": 0.2, "weight_decay": 0.05,
+             "lr": 5.0e-4, "lr_step_factor": 0.05, "lr_step_at": 0.9}
+    second = {"context_length": (pl.context[0] + pl.context[1]) // 2,
+              "embedding_dim": pl.embedding[0] * 2,
+              "hidden_width": max(pl.width[0], pl.width[1] * 3 // 4), "dropout": 0.15,
+              "weight_decay": 0.02, "lr": 7.0e-4, "lr_step_factor": 0.1, "lr_step_at": 1.0}
+    return first, second
 
 
 def _commented(text: str, comment: str) -> str:

@@ -61,7 +61,14 @@ def configure(verbose: bool = False) -> None:
         handler.setFormatter(logging.Formatter(FORMAT, "%Y-%m-%d %H:%M:%S"))
         handler.addFilter(RedactingFilter())  # no password reaches a log line
     root = logging.getLogger()
-    root.handlers = [terminal, log_file]
+    # Replace the handlers an earlier call added, and keep everyone else's (pytest's caplog,
+    # a notebook's): they see the harness's records too.
+    for old in [h for h in root.handlers if getattr(h, "harness", False)]:
+        root.removeHandler(old)
+    ours: logging.Handler
+    for ours in (terminal, log_file):
+        ours.harness = True  # type: ignore[attr-defined]  # marks ours for the next call
+        root.addHandler(ours)
     root.setLevel(logging.INFO)
     for name in _LIBRARIES:  # their INFO is chatter (Alembic's at every database opened)
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
