@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=60)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    spec = load_spec(args.study)
+    spec = load_spec(args.study).with_precision("fp32")  # the lecture's loop: fp32 throughout
     words = read_words(spec.data.path)
     random.seed(spec.data.seed)
     random.shuffle(words)

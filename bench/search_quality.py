@@ -64,6 +64,11 @@ def peer_hour(study: Path, minutes: float, folder: Path) -> dict:
     return {"trials": len(points), "best_dev": {m: best_by(points, m) for m in MARKS}}
 
 
+def _marks(best: dict) -> str:
+    return ", ".join(f"{m} min {best[m]:.4f}" if best[m] is not None else f"{m} min -"
+                     for m in MARKS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path)
@@ -77,15 +82,13 @@ def main() -> None:
     if args.peer:
         report["peer"] = peer_hour(args.study.resolve(), args.minutes, folder)
     h = report["harness"]
-    print(f"harness: {h['trials']} complete trials; best dev after "
-          + ", ".join(f"{m} min {h['best_dev'][m]}" for m in MARKS))
+    print(f"harness: {h['trials']} complete trials; best dev after {_marks(h['best_dev'])}")
     kn = h["kneser_ney"]
     print(f"final model: dev {h['final_dev']:.4f}, test {h['final_test']:.4f}; "
           + (f"{kn['model']}: test {kn['test_loss']:.4f}" if kn else ""))
     if "peer" in report:
         p = report["peer"]
-        print(f"plain peer: {p['trials']} trials; best dev after "
-              + ", ".join(f"{m} min {p['best_dev'][m]}" for m in MARKS))
+        print(f"plain peer: {p['trials']} trials; best dev after {_marks(p['best_dev'])}")
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 
