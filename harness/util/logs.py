@@ -22,6 +22,9 @@ FORMAT = "%(levelname)s %(name)s: %(message)s"
 _LIBRARIES = ("alembic", "mlflow", "optuna", "urllib3", "matplotlib", "git", "py.warnings")
 
 
+_installed: list[logging.Handler] = []  # the handlers the last configure() added to the root
+
+
 class _OwnLines(logging.Filter):
     """Lets through the harness's records only."""
 
@@ -63,11 +66,10 @@ def configure(verbose: bool = False) -> None:
     root = logging.getLogger()
     # Replace the handlers an earlier call added, and keep everyone else's (pytest's caplog,
     # a notebook's): they see the harness's records too.
-    for old in [h for h in root.handlers if getattr(h, "harness", False)]:
+    for old in _installed:
         root.removeHandler(old)
-    ours: logging.Handler
-    for ours in (terminal, log_file):
-        ours.harness = True  # type: ignore[attr-defined]  # marks ours for the next call
+    _installed[:] = [terminal, log_file]
+    for ours in _installed:
         root.addHandler(ours)
     root.setLevel(logging.INFO)
     for name in _LIBRARIES:  # their INFO is chatter (Alembic's at every database opened)
