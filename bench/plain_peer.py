@@ -5,7 +5,7 @@ each trial trained with the lecture's loop: raw tensors, autograd, the optimizer
 names, a dev evaluation every `budget.eval_every` steps reported to the pruner, torch's default
 threads, one process. It stops starting trials after `--minutes`, and a trial running then
 stops at its next evaluation. Writes each finished trial (its end, in seconds from the start,
-and its best dev loss) as JSON lines to --out.
+its best dev loss, and whether it was pruned) as JSON lines to --out.
 
     python bench/plain_peer.py STUDY.yaml --minutes 60 --out peer.jsonl
 """
@@ -96,7 +96,7 @@ def main() -> None:
                     h = F.dropout(h, hp["dropout"])
             return h @ W2 + b2
 
-        best = math.inf
+        best, pruned = math.inf, False
         for step in range(steps):
             ix = torch.randint(0, Xtr.shape[0], (hp["batch_size"],), generator=g)
             loss = F.cross_entropy(forward(Xtr[ix], True), Ytr[ix])
@@ -110,18 +110,22 @@ def main() -> None:
                     dev = F.cross_entropy(forward(Xdev, False), Ydev).item()
                 best = min(best, dev)
                 trial.report(dev, step + 1)
-                if trial.should_prune() or time.time() >= deadline:
+                pruned = bool(trial.should_prune())  # a numpy bool from the median pruner
+                if pruned or time.time() >= deadline:
                     break
         out.write(json.dumps({"trial": trial.number, "end_s": time.time() - started,
-                              "best_dev_loss": best}) + "\n")
+                              "best_dev_loss": best, "pruned": pruned}) + "\n")
         out.flush()
+        if pruned:  # as Optuna's examples do: the median pruner then counts it as pruned
+            raise optuna.TrialPruned()
         return best
 
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(),
                                 pruner=optuna.pruners.MedianPruner())
     while time.time() < deadline:
         study.optimize(objective, n_trials=1)
-    print(json.dumps({"trials": len(study.trials), "best_dev_loss": study.best_value}))
+    done = [t.value for t in study.trials if t.value is not None]
+    print(json.dumps({"trials": len(study.trials), "best_dev_loss": min(done, default=None)}))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,9 @@ def peer_hour(study: Path, minutes: float, folder: Path) -> dict:
     log = folder / "peer.jsonl"
     subprocess.run([sys.executable, str(Path(__file__).parent / "plain_peer.py"), str(study),
                     "--minutes", str(minutes), "--out", str(log)], check=True)
-    points = [(r["end_s"], r["best_dev_loss"]) for r in map(json.loads, log.open())]
+    # Trials the pruner stopped are left out, as the harness's pruned trials are.
+    points = [(r["end_s"], r["best_dev_loss"]) for r in map(json.loads, log.open())
+              if not r["pruned"]]
     return {"trials": len(points), "best_dev": {m: best_by(points, m) for m in MARKS}}
 
 

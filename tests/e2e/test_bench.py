@@ -29,5 +29,6 @@ def test_the_plain_peer_trains_the_studys_space_and_logs_each_trial(
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert lines and [r["trial"] for r in lines] == list(range(len(lines)))
-    assert all(0 < r["end_s"] and math.isfinite(r["best_dev_loss"]) for r in lines)
+    assert all(0 < r["end_s"] and math.isfinite(r["best_dev_loss"]) and r["pruned"] in (True, False)
+               for r in lines)
     assert all(r["best_dev_loss"] < math.log(27) for r in lines)  # it learned something
