@@ -61,20 +61,55 @@ def threads_per_worker(n_workers: int, threads: int | None = None) -> int:
     return threads or max(1, (os.cpu_count() or 1) // max(1, n_workers))
 
 
-def interrupt_once() -> Callable[[int, Any], None]:
+class _InterruptOnce:
     """A signal handler that raises KeyboardInterrupt at the first signal and ignores later
     ones, so that the interrupted process can record its trial undisturbed."""
-    fired = False
 
-    def handler(signum: int, frame: Any) -> None:
+    def __init__(self) -> None:
+        self.fired: int | None = None  # the signal that fired it
+        self.again = False  # an interrupt Python swallowed, to be raised again
+
+    def __call__(self, signum: int, frame: Any) -> None:
         # Stays installed, and does nothing after the first signal: swapping in SIG_IGN here
         # would race with a second signal already on its way.
-        nonlocal fired
-        if not fired:
-            fired = True
+        if self.fired is None or self.again:
+            self.fired, self.again = signum, False
             raise KeyboardInterrupt
 
-    return handler
+
+_current: _InterruptOnce | None = None  # the handler installed last, in this process
+
+
+def interrupt_once() -> _InterruptOnce:
+    """A new handler that interrupts once; an interrupt that lands in a finalizer is raised
+    again (see `_raise_swallowed_interrupt`)."""
+    global _current
+    _current = _InterruptOnce()
+    if sys.unraisablehook is not _raise_swallowed_interrupt:
+        _previous_hooks.append(sys.unraisablehook)
+        sys.unraisablehook = _raise_swallowed_interrupt
+    return _current
+
+
+_previous_hooks: list[Callable[[Any], None]] = []
+
+
+def _raise_swallowed_interrupt(unraisable: Any) -> None:
+    """A KeyboardInterrupt raised while a finalizer ran (a `__del__`, a weakref callback of
+    the garbage collector) is printed by Python with a traceback and then forgotten: the
+    process would go on as if never interrupted. Deliver it again to the main thread, a moment
+    later, when the finalizer has returned; other unraisable errors go to the previous hook."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        signum: int = signal.SIGINT
+        if _current is not None and _current.fired is not None:
+            _current.again, signum = True, _current.fired
+        main = threading.main_thread().ident
+        if main is not None:
+            timer = threading.Timer(0.01, signal.pthread_kill, args=(main, signum))
+            timer.daemon = True
+            timer.start()
+        return
+    (_previous_hooks[-1] if _previous_hooks else sys.__unraisablehook__)(unraisable)
 
 
 def interrupt_on_signals() -> None:
