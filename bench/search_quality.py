@@ -50,8 +50,12 @@ def harness_hour(study: Path, root: Path) -> dict:
     kn = [r for r in final["references"] if r["model"].startswith("Kneser-Ney")]
     return {"wall_s": wall, "trials": len(points),
             "best_dev": {m: best_by(points, m) for m in MARKS},
-            "final_test": final.get("ensemble_test_loss") or final["test_mean"],
-            "final_dev": final.get("ensemble_dev_loss") or final["dev_mean"],
+            # The saved model's: the mixture's, else the ensemble's, else the seeds' mean.
+            "final_test": ((final.get("mix_ngram") or {}).get("test_loss")
+                           or final.get("ensemble_test_loss") or final["test_mean"]),
+            "final_dev": ((final.get("mix_ngram") or {}).get("dev_loss")
+                          or final.get("ensemble_dev_loss") or final["dev_mean"]),
+            "unmixed_test": final.get("ensemble_test_loss") or final["test_mean"],
             "seeds_test_mean": final["test_mean"],
             "kneser_ney": kn[0] if kn else None}
 

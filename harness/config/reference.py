@@ -117,6 +117,8 @@ MEANINGS: Mapping[str, str] = {
     "finalize.pick": "Pareto mode, required there: `knee`, or `{max_METRIC: LIMIT}`.",
     "finalize.fill": "With ensemble and wall_time: the time left trains more seeds, each kept "
                      "if it lowers the ensemble's dev loss.",
+    "finalize.mix_ngram": "The final model mixes the network with the Kneser-Ney n-gram best "
+                          "on dev, its weight chosen on dev.",
     "registry": "The final model in MLflow's Model Registry.",
     "registry.enabled": "Register it (alias `champion`).",
     "registry.name": "The registered model's name (null: the study's).",

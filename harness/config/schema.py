@@ -32,8 +32,9 @@ A study file has these top-level keys (all but `search` optional)::
     finalize: {enabled: true, top_k: 3, seeds: 3, steps: null, minutes: null, samples: 20,
                ensemble: false,       # true: the final model averages all seeds' models and
                                       # the chosen trial's own
-               fill: false}           # true (with ensemble, budget.wall_time): the time left
+               fill: false,           # true (with ensemble, budget.wall_time): the time left
                                       # trains more seeds of the chosen config
+               mix_ngram: false}      # true: the final model mixes in the Kneser-Ney n-gram
     registry: {enabled: true, name: null}   # the final model's registered name (null: name)
     objective:                        # absent: minimize dev loss, no constraints
       minimize: dev_loss              # or pareto: [dev_loss, n_params] (or train_seconds),
@@ -204,6 +205,9 @@ class FinalizeSpec:
     # fit, at least half a retraining's); each joins the ensemble only if it lowers its dev
     # loss. Computing that would otherwise sit idle; the choice is made before, without them.
     fill: bool = False
+    # The final model mixes the network (or the ensemble) with the Kneser-Ney n-gram best on
+    # dev, the network's weight chosen on dev: counts and networks err differently.
+    mix_ngram: bool = False
 
     def retraining_s(self, trial_s: float, budget_steps: int) -> float:
         """About how long one retraining takes, from its trial's seconds for budget_steps."""

@@ -45,15 +45,17 @@ class Choice:
     candidate: Candidate
     best_seed: int  # index into the candidate's seeds: the seed with the lowest dev loss
     model: LanguageModel
-    dev_loss: float | None = None  # the saved model's dev loss when a rule made it
-    # Models whose test loss the evaluation reads besides the seeds', by name.
+    # Models whose test loss the evaluation reads besides the seeds', by name, and their dev
+    # losses (the last a rule made is the saved model).
     tested: Mapping[str, LanguageModel] = field(default_factory=dict)
+    dev_losses: Mapping[str, float] = field(default_factory=dict)
     notes: Mapping[str, Any] = field(default_factory=dict)  # what each rule did, by its name
 
     def with_(self, **changes: Any) -> Choice:
-        """A copy with `changes`; `tested` and `notes` are merged, not replaced."""
-        changes["tested"] = {**self.tested, **changes.get("tested", {})}
-        changes["notes"] = {**self.notes, **changes.get("notes", {})}
+        """A copy with `changes`; `tested`, `dev_losses` and `notes` are merged, not
+        replaced."""
+        for merged in ("tested", "dev_losses", "notes"):
+            changes[merged] = {**getattr(self, merged), **changes.get(merged, {})}
         return dataclasses.replace(self, **changes)
 
 

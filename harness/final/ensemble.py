@@ -75,8 +75,9 @@ class EnsembleSection(Section):
                                    f"{self.trial_model_test_loss:.4f} (trial {r.chosen_trial}'s "
                                    f"own model, seed {self.trial_model_seed}, trained in the "
                                    "search)"))
+        saved = "the saved model: " if r.is_saved(self) else ""
         out.append(("ensemble", f"dev {self.ensemble_dev_loss:.4f}, test "
-                                f"{self.ensemble_test_loss:.4f} (the saved model: "
+                                f"{self.ensemble_test_loss:.4f} ({saved}"
                                 f"{r.member_words()} averaged)"))
         return out
 
@@ -86,7 +87,8 @@ class EnsembleSection(Section):
             rows.append((f"MLP, trial {r.chosen_trial}'s own (seed {self.trial_model_seed}, "
                          "from the search)", self.trial_model_dev_loss,
                          self.trial_model_test_loss))
-        rows.append((f"MLP, {r.member_words()} averaged (the saved model)",
+        saved = " (the saved model)" if r.is_saved(self) else ""
+        rows.append((f"MLP, {r.member_words()} averaged{saved}",
                      self.ensemble_dev_loss, self.ensemble_test_loss))
         return rows
 
@@ -121,13 +123,12 @@ class EnsembleRule:
         tested: dict[str, MLP | Ensemble] = {"ensemble": ensemble}
         if kept is not None:
             tested["trial_model"] = kept.model
-        return choice.with_(model=ensemble, dev_loss=loss(ensemble, dev), tested=tested,
-                            notes={self.name: kept})
+        return choice.with_(model=ensemble, tested=tested,
+                            dev_losses={"ensemble": loss(ensemble, dev)}, notes={self.name: kept})
 
     def section(self, choice: Choice, test_losses: Mapping[str, float]) -> EnsembleSection:
-        assert choice.dev_loss is not None
         kept: TrialModel | None = choice.notes[self.name]
-        return EnsembleSection(choice.dev_loss, test_losses["ensemble"],
+        return EnsembleSection(choice.dev_losses["ensemble"], test_losses["ensemble"],
                                kept.seed if kept else None, kept.dev_loss if kept else None,
                                test_losses.get("trial_model"))
 

@@ -110,8 +110,8 @@ class FillRule:
         section = FillSection(tuple(j.seed for j in jobs), steps, tuple(extra.dev_losses),
                               kept, tuple(r.train_s for r in extra.retrained),
                               tuple(r.eval_s for r in extra.retrained))
-        return choice.with_(model=ensemble, dev_loss=dev_loss, tested={"ensemble": ensemble},
-                            notes={self.name: section})
+        return choice.with_(model=ensemble, tested={"ensemble": ensemble},
+                            dev_losses={"ensemble": dev_loss}, notes={self.name: section})
 
     def section(self, choice: Choice, test_losses: Mapping[str, float]) -> FillSection | None:
         section: FillSection | None = choice.notes.get(self.name)

@@ -43,6 +43,7 @@ class Section:
     KEY: ClassVar[str]  # the rule's name, e.g. "ensemble"
     FIELDS: ClassVar[Mapping[str, Any]]  # the record's keys -> their value when absent
     ORDER: ClassVar[int]  # where it reads among the sections (and its keys in the record)
+    WRAPS: ClassVar[bool] = False  # the saved model wraps the models of the sections before
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -167,6 +168,10 @@ class FinalResult:
     def size(self) -> str:
         """The saved model's parameters, in words: "12,345", or "3 x 12,345" (an ensemble)."""
         return f"{self.members} x {self.n_params:,}" if self.members > 1 else f"{self.n_params:,}"
+
+    def is_saved(self, section: Section) -> bool:
+        """Whether `section`'s model is the saved one, not wrapped by a later section's."""
+        return not any(s.WRAPS and s.ORDER > section.ORDER for s in self.sections.values())
 
     def member_words(self) -> str:
         """What the saved ensemble averages, in words."""

@@ -7,5 +7,6 @@ from __future__ import annotations
 from harness.final.choose import FinalRule
 from harness.final.ensemble import EnsembleRule
 from harness.final.fill import FillRule
+from harness.final.mix import MixRule
 
-RULES: tuple[FinalRule, ...] = (EnsembleRule(), FillRule())
+RULES: tuple[FinalRule, ...] = (EnsembleRule(), FillRule(), MixRule())

@@ -20,7 +20,7 @@ from harness.results import leaderboard, plots
 from harness.search import records
 from harness.search.records import StudyRecord
 from harness.tracking import KILLED, Tracker, open_tracker
-from harness.training.model import MLP, Ensemble
+from harness.training.model import MLP, Ensemble, neural_part
 from harness.util import paths
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ def _plot(spec: StudySpec, study: optuna.Study, tracker: Tracker, parent: str) -
 def publish_final(spec: StudySpec, result: FinalResult) -> Path:
     """The final model's character embeddings (its best seed's model) as a figure, on disk
     and on the final MLflow run."""
-    model, _hp, itos = final_model(spec)
+    mixed, _hp, itos = final_model(spec)
+    model = neural_part(mixed)  # a Mixed model's network
     if isinstance(model, Ensemble):  # its members in seed order: the best seed's is one
         model = model.models[result.seeds.index(result.model_seed)]
     assert isinstance(model, MLP)

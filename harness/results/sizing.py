@@ -198,6 +198,7 @@ def study_text(path: Path, p: Profile, pace: Pace, plan_: Plan, name: str) -> st
         ("  seeds: 2", ""),
         ("  ensemble: true", "the final model averages the seeds' and trial's models"),
         (f"  fill: {str(pl.fill).lower()}", "the time left trains more seeds, kept if they help"),
+        ("  mix_ngram: true", "mixed with the Kneser-Ney n-gram, the weight chosen on dev"),
         ("fixed:", ""),
         ("  seed: 0", ""),
         ("  precision: auto", f"the faster here, measured (init saw {pace.precision})"),

@@ -11,6 +11,7 @@ here: the final evaluation hands its words to `test_references` once, beside the
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -74,6 +75,32 @@ class KneserNey:
                 types[h] += 1
             self.totals.append(total)
             self.types.append(types)
+
+    def distribution(self, history: str, discount: float) -> np.ndarray:
+        """P(c | history) for every character c of the vocabulary, in its order (V,): the
+        same recursion as `prob`, over the whole vocabulary at once."""
+        stoi, rows = self._rows
+        p = np.full(len(self.vocab), 1.0 / len(self.vocab))
+        for k in range(self.order):
+            h = history[len(history) - k :] if k else ""
+            total = self.totals[k].get(h, 0)
+            if total == 0:
+                continue
+            c = np.zeros(len(self.vocab))
+            for w, n in rows[k].get(h, ()):
+                c[stoi[w]] = n
+            p = np.maximum(c - discount, 0.0) / total + discount * (self.types[k][h] / total) * p
+        return p
+
+    @functools.cached_property
+    def _rows(self) -> tuple[dict[str, int], list[dict[str, list[tuple[str, int]]]]]:
+        """The vocabulary's indices, and for each order each history's (next character,
+        count) pairs."""
+        rows: list[dict[str, list[tuple[str, int]]]] = [defaultdict(list) for _ in self.counts]
+        for k, counts in enumerate(self.counts):
+            for (h, w), n in counts.items():
+                rows[k][h].append((w, n))
+        return {c: i for i, c in enumerate(self.vocab)}, rows
 
     def prob(self, history: str, w: str, discount: float) -> float:
         return float(self._probs(history, w, np.array([discount]))[0])

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -15,7 +16,8 @@ from torch.nn import functional as F
 from harness.config import hparams
 from harness.config.hparams import MAX_SEED, HParams
 from harness.errors import InputError, ModelFileError
-from harness.training import memory
+from harness.training import baseline, memory
+from harness.training.data import Vocab
 from harness.util import paths
 
 # Gain for tanh layers (Kaiming et al.): keeps pre-activations near unit scale so tanh does not
@@ -142,8 +144,72 @@ class Ensemble(nn.Module):
         return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
 
 
-# What evaluation, sampling and saving take: one MLP, or an ensemble of them.
-LanguageModel = MLP | Ensemble
+class Mixed(nn.Module):
+    """An MLP (or an ensemble) mixed with a Kneser-Ney n-gram: `weight` times the network's
+    next-character distribution plus 1 - `weight` times the n-gram's, whose history is the
+    last order - 1 characters of the context.
+
+    The counts remember rare long contexts that a network of this size smooths away, so the
+    two err differently and their mixture beats both (finalize.mix_ngram chooses the weight on
+    dev). The n-gram travels as its training words and is counted again when the model is
+    loaded. `forward` returns the log of the mixture, used as logits like an Ensemble's.
+    """
+
+    CACHE = 200_000  # distinct histories whose n-gram distributions are kept
+
+    def __init__(self, neural: MLP | Ensemble, itos: Sequence[str], words: Sequence[str],
+                 order: int, discount: float, weight: float) -> None:
+        super().__init__()
+        if len(itos) != neural.vocab_size or not set("".join(words)) <= set(itos[1:]):
+            raise ValueError("the n-gram's words and vocabulary are not the network's")
+        if not 0.0 <= weight <= 1.0 or not 0.0 < discount < 1.0:
+            raise ValueError(f"weight must be in 0..1 and discount in (0, 1), got {weight}, "
+                             f"{discount}")
+        if not 1 <= order <= neural.context_length + 1:
+            raise ValueError(f"an n-gram of order {order} needs a context of {order - 1}; the "
+                             f"network's is {neural.context_length}")
+        self.neural = neural
+        self.words = tuple(words)
+        self.ngram = baseline.KneserNey(self.words, order, Vocab(tuple(itos)))
+        self.order, self.discount, self.weight = order, discount, weight
+        self.vocab_size, self.context_length = neural.vocab_size, neural.context_length
+        self._cache: dict[bytes, np.ndarray] = {}
+
+    def ngram_probs(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) int64 -> the n-gram's next-character distributions (B, vocab_size)."""
+        n = self.order - 1
+        rows = idx[:, idx.shape[1] - n:].cpu().numpy() if n else np.zeros((len(idx), 0))
+        out = np.empty((len(rows), self.vocab_size))
+        for i, row in enumerate(rows):
+            key = row.tobytes()
+            p = self._cache.get(key)
+            if p is None:
+                if len(self._cache) >= self.CACHE:
+                    self._cache.clear()
+                history = "".join(self.ngram.vocab[j] for j in row)
+                p = self._cache[key] = self.ngram.distribution(history, self.discount)
+            out[i] = p
+        return torch.from_numpy(out).to(device=idx.device, dtype=torch.float32)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) int64 -> log of the mixed probabilities (B, vocab_size)."""
+        logp = F.log_softmax(self.neural(idx).float(), dim=-1)
+        if self.weight == 1.0:
+            return logp
+        logq = torch.log(self.ngram_probs(idx))
+        if self.weight == 0.0:
+            return logq
+        return torch.logaddexp(logp + math.log(self.weight), logq + math.log(1 - self.weight))
+
+
+# What evaluation, sampling and saving take: one MLP, an ensemble of them, or either mixed
+# with an n-gram.
+LanguageModel = MLP | Ensemble | Mixed
+
+
+def neural_part(model: LanguageModel) -> MLP | Ensemble:
+    """The network in `model`: itself, or what a Mixed mixes."""
+    return model.neural if isinstance(model, Mixed) else model
 
 
 def n_params(model: nn.Module) -> int:
@@ -198,7 +264,8 @@ def sample(
 # ---------------------------------------------------------------------------------------------
 # Saving and loading: tensors and plain values only, read back with weights_only=True, so
 # loading a model file never unpickles code. Format 2 holds a list of members' weights (one
-# for an MLP); format 1 files (one MLP's "state_dict") still load.
+# for an MLP) and, for a Mixed model, its n-gram's words and settings; format 1 files (one
+# MLP's "state_dict") still load.
 
 MODEL_FORMAT = 2
 
@@ -209,15 +276,19 @@ def save_model(path: Path, model: LanguageModel, hp: HParams, itos: Sequence[str
     The file is replaced whole (written beside it, then renamed): a process killed mid-write
     leaves the previous file, never a cut-off one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    members = list(model.members) if isinstance(model, Ensemble) else [model]
-    payload = {
+    neural = neural_part(model)
+    members = list(neural.members) if isinstance(neural, Ensemble) else [neural]
+    payload: dict[str, Any] = {
         "format": MODEL_FORMAT,
         "hparams": hp.to_dict(),
         "itos": list(itos),
-        "ensemble": isinstance(model, Ensemble),
+        "ensemble": isinstance(neural, Ensemble),
         "state_dicts": [{k: v.detach().cpu() for k, v in m.state_dict().items()}
                         for m in members],
     }
+    if isinstance(model, Mixed):  # the n-gram as its words: counted again when loaded
+        payload["ngram"] = {"words": list(model.words), "order": model.order,
+                            "discount": model.discount, "weight": model.weight}
     paths.replace_whole(path, lambda partial: torch.save(payload, partial))
 
 
@@ -244,9 +315,33 @@ def load_model(path: Path) -> tuple[LanguageModel, HParams, tuple[str, ...]]:
                                  f"({_first_difference(found, expected)})")
         member.load_state_dict(state)
         members.append(member)
-    model: LanguageModel = Ensemble(members) if payload.get("ensemble") else members[0]
+    neural: MLP | Ensemble = Ensemble(members) if payload.get("ensemble") else members[0]
+    model: LanguageModel = (neural if payload.get("ngram") is None
+                            else _mixed(path, neural, itos, payload["ngram"]))
     model.eval()
     return model, hp, itos
+
+
+MAX_NGRAM_CHARS = 50_000_000  # a model file's n-gram words, all told: counting them is seconds
+
+
+def _mixed(path: Path, neural: MLP | Ensemble, itos: tuple[str, ...], ngram: Any) -> Mixed:
+    """The Mixed model a file's `ngram` entry describes, each value checked before it is
+    used. Raises ModelFileError."""
+    fields = ngram if isinstance(ngram, dict) else {}
+    words, order = fields.get("words"), fields.get("order")
+    discount, weight = fields.get("discount"), fields.get("weight")
+    if not (isinstance(words, list) and all(isinstance(w, str) for w in words)
+            and type(order) is int and type(discount) is float and type(weight) is float):
+        raise ModelFileError(f"{path}: its n-gram is not words, an order, a discount and a "
+                             "weight")
+    if sum(map(len, words)) > MAX_NGRAM_CHARS:
+        raise ModelFileError(f"{path}: its n-gram's words hold more than {MAX_NGRAM_CHARS:,} "
+                             "characters")
+    try:
+        return Mixed(neural, itos, words, order, discount, weight)
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: its n-gram does not fit its network: {exc}") from None
 
 
 def _parts(path: Path, payload: dict[str, Any]
@@ -290,7 +385,8 @@ def sample_words(model: LanguageModel, itos: Sequence[str], n: int, *, seed: int
         raise InputError(f"temperature must be a number > 0, got {temperature!r}")
     if not 0 <= seed <= MAX_SEED:
         raise InputError(f"seed must be in 0..{MAX_SEED}, got {seed}")
-    members = len(model.members) if isinstance(model, Ensemble) else 1
+    neural = neural_part(model)
+    members = len(neural.members) if isinstance(neural, Ensemble) else 1
     memory.check(memory.sampling(n, max_length, len(itos), model.context_length, members),
                  f"sampling {n:,} names of up to {max_length:,} characters")
     device = next(model.parameters()).device

@@ -24,8 +24,9 @@ from harness.final.result import FinalResult
 from harness.results import report
 from harness.search import records
 from harness.search.liveness import load_study
+from harness.training import baseline
 from harness.training.data import load_search_data, load_test_examples
-from harness.training.model import MLP, Ensemble, load_model, mean_loss, sample_words
+from harness.training.model import MLP, Ensemble, Mixed, load_model, mean_loss, sample_words
 from harness.util import paths
 
 from ..conftest import REPO, tiny_study
@@ -335,6 +336,53 @@ def test_an_ensemble_final_model_averages_the_chosen_configs_seeds(write_study, 
     capsys.readouterr()
     assert main(["status", str(spec.source)]) == 0
     assert f"ensemble of 3 models {ens.ensemble_test_loss:.4f}" in capsys.readouterr().out
+
+
+def test_a_mixed_final_model_mixes_the_ngram_at_the_weight_best_on_dev(write_study, tmp_path,
+                                                                       capsys):
+    """finalize.mix_ngram: the saved model mixes the ensemble with the Kneser-Ney order best on
+    dev that its context holds, at the weight best on dev; the test split is read once, for
+    the mixture and the ensemble alike."""
+    from harness.cli import main
+    from harness.cli.render import format_final
+
+    (tmp_path / "words.txt").write_text("\n".join(harness.training.data.read_words()[:4000]))
+    spec = load_spec(write_study(tiny_study(
+        data={"path": str(tmp_path / "words.txt")},
+        budget={"n_trials": 1, "steps": 150, "eval_every": 50},
+        finalize={"top_k": 1, "seeds": 2, "samples": 5, "ensemble": True, "mix_ngram": True})))
+    run_search(spec)
+    result = finalize(spec)
+    mix, ens = result.sections["mix_ngram"], result.sections["ensemble"]
+    model, hp, _itos = final_model(spec)
+    assert isinstance(model, Mixed) and isinstance(model.neural, Ensemble)
+    assert (model.order, model.discount, model.weight) == (mix.order, mix.discount, mix.weight)
+    dev_results = baseline.cached(spec.data, paths.study_dir("tiny") / "baselines.json")
+    fitting = [r for r in dev_results if r.discount and r.order <= hp.context_length + 1]
+    assert mix.order == min(fitting, key=lambda r: r.dev_loss).order == 4
+    dev = load_search_data(spec.data, hp.context_length).dev
+    assert mean_loss(model, dev.X, dev.Y) == pytest.approx(mix.dev_loss, rel=1e-5)
+    assert mean_loss(model.neural, dev.X, dev.Y) == pytest.approx(ens.ensemble_dev_loss)
+    # The weight is the grid's best on dev: neither part alone nor a neighbour does better.
+    assert 0.0 < mix.weight < 1.0
+    for weight in (0.0, 1.0, mix.weight - 0.01, mix.weight + 0.01):
+        model.weight = weight
+        assert mean_loss(model, dev.X, dev.Y) > mix.dev_loss
+    model.weight = mix.weight
+    test = load_test_examples(spec.data, hp.context_length)
+    assert mean_loss(model, test.X, test.Y) == pytest.approx(mix.test_loss, rel=1e-5)
+    assert mix.test_loss < ens.ensemble_test_loss and result.test_evaluations == 1
+    assert FinalResult.load(paths.study_dir("tiny") / "final.json") == result
+    run = MlflowClient(paths.tracking_uri()).get_run(result.mlflow_run_id)
+    assert run.data.metrics["mix_ngram_test_loss"] == pytest.approx(mix.test_loss)
+    shown = format_final(result)
+    assert (f"mixed      dev {mix.dev_loss:.4f}, test {mix.test_loss:.4f} (the saved model: "
+            f"the above mixed with the Kneser-Ney 4-gram, weight {1 - mix.weight:.2f}") in shown
+    assert "averaged" in shown and "(the saved model: the 2 seeds'" not in shown
+    assert len(result.samples) == 5
+    capsys.readouterr()
+    assert main(["status", str(spec.source)]) == 0
+    assert f"mixed with a 4-gram {mix.test_loss:.4f}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("why", ["other steps", "seed retrained", "damaged", "missing"])

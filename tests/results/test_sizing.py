@@ -50,7 +50,7 @@ def test_init_writes_a_valid_study_that_explains_each_choice(tmp_path: Path, cap
     spec = load_spec(out)
     assert spec.name == "names" and spec.data.path == str(words)
     assert spec.budget.wall_time == 1200 and spec.workers.count == 2
-    assert spec.finalize.ensemble and spec.auto_precision
+    assert spec.finalize.ensemble and spec.finalize.mix_ngram and spec.auto_precision
     lines = out.read_text().splitlines()
     header = next(i for i, line in enumerate(lines) if not line.startswith("#"))
     assert header <= 5

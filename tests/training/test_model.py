@@ -2,19 +2,25 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from harness.config.hparams import HParams
+from harness.errors import ModelFileError
+from harness.training import baseline
+from harness.training.data import Vocab
 from harness.training.model import (
     MLP,
     Dropout,
     Ensemble,
+    Mixed,
     dropout_mask,
     load_model,
     mean_loss,
     n_params,
     sample,
+    sample_words,
     save_model,
 )
 
@@ -141,3 +147,80 @@ def test_a_save_killed_mid_write_leaves_the_previous_model_file(tmp_path, monkey
     with torch.no_grad():
         torch.testing.assert_close(model(X), members[0](X))
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+WORDS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "amelia", "ella", "emily"]
+LETTERS = [".", *sorted(set("".join(WORDS)))]
+
+
+def _mixed_parts() -> tuple[MLP, list[str]]:
+    torch.manual_seed(0)
+    net = MLP(vocab_size=len(LETTERS), context_length=3, embedding_dim=4, hidden_width=16)
+    with torch.no_grad():
+        net.output.weight.normal_(std=0.5)
+    return net.eval(), LETTERS
+
+
+def test_the_ngrams_whole_distribution_is_its_probabilities_and_sums_to_one():
+    kn = baseline.KneserNey(WORDS, 3, Vocab(tuple(LETTERS)))
+    for history in ["..", ".e", "mm", "la", "ox"]:  # "ox": a history never seen
+        dist = kn.distribution(history, 0.6)
+        assert dist.sum() == pytest.approx(1.0)
+        assert dist.tolist() == pytest.approx([kn.prob(history, c, 0.6) for c in LETTERS])
+
+
+def test_a_mixed_model_predicts_the_weighted_mixture_of_network_and_ngram():
+    net, itos = _mixed_parts()
+    mixed = Mixed(net, itos, WORDS, 3, 0.6, 0.3)
+    X = torch.randint(0, len(itos), (32, 3))
+    rows = ["".join(itos[j] for j in row[1:]) for row in X.tolist()]  # the last 2 characters
+    ngram = torch.tensor(np.array([mixed.ngram.distribution(h, 0.6) for h in rows]),
+                         dtype=torch.float32)
+    with torch.no_grad():
+        expected = 0.3 * net(X).softmax(-1) + 0.7 * ngram
+        torch.testing.assert_close(mixed(X).softmax(-1), expected)
+        torch.testing.assert_close(Mixed(net, itos, WORDS, 3, 0.6, 1.0)(X),
+                                   net(X).log_softmax(-1))
+        torch.testing.assert_close(Mixed(net, itos, WORDS, 3, 0.6, 0.0)(X), ngram.log())
+    assert len(sample_words(mixed, itos, 5, seed=0)) == 5
+    with pytest.raises(ValueError, match="order 5 needs a context of 4"):
+        Mixed(net, itos, WORDS, 5, 0.6, 0.3)
+    with pytest.raises(ValueError, match="not the network's"):
+        Mixed(net, itos, [*WORDS, "zoe"], 3, 0.6, 0.3)
+
+
+def test_a_mixed_model_saves_its_ngram_and_loads_as_it_was(tmp_path):
+    net, itos = _mixed_parts()
+    hp = HParams(embedding_dim=4, hidden_width=16)
+    for neural in (net, Ensemble([net, _members_of(itos)])):
+        mixed = Mixed(neural, itos, WORDS, 3, 0.6, 0.4)
+        save_model(tmp_path / "mixed.pt", mixed, hp, itos)
+        back, _, _ = load_model(tmp_path / "mixed.pt")
+        assert isinstance(back, Mixed) and type(back.neural) is type(neural)
+        assert (back.words, back.order, back.discount, back.weight) == (tuple(WORDS), 3, 0.6, 0.4)
+        X = torch.randint(0, len(itos), (16, 3))
+        with torch.no_grad():
+            torch.testing.assert_close(back(X), mixed(X))
+
+
+@pytest.mark.parametrize(("ngram", "why"), [
+    ({"words": WORDS, "order": 6, "discount": 0.6, "weight": 0.4}, "does not fit its network"),
+    ({"words": [*WORDS, "zoe"], "order": 3, "discount": 0.6, "weight": 0.4}, "does not fit"),
+    ({"words": WORDS, "order": 3, "discount": 0.6, "weight": 1.5}, "does not fit"),
+    ({"words": WORDS, "order": 3, "discount": 0.6, "weight": "0.4"}, "is not words, an order"),
+    ({"words": "emma", "order": 3, "discount": 0.6, "weight": 0.4}, "is not words, an order"),
+    ([1, 2], "is not words, an order"),
+])
+def test_a_model_file_whose_ngram_cannot_work_is_refused(tmp_path, ngram, why):
+    net, itos = _mixed_parts()
+    hp = HParams(embedding_dim=4, hidden_width=16)
+    save_model(tmp_path / "m.pt", Mixed(net, itos, WORDS, 3, 0.6, 0.4), hp, itos)
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    torch.save({**payload, "ngram": ngram}, tmp_path / "m.pt")
+    with pytest.raises(ModelFileError, match=why):
+        load_model(tmp_path / "m.pt")
+
+
+def _members_of(itos: list[str]) -> MLP:
+    torch.manual_seed(1)
+    return MLP(vocab_size=len(itos), context_length=3, embedding_dim=4, hidden_width=16).eval()
