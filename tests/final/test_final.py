@@ -19,12 +19,14 @@ from harness.config.hparams import HParams
 from harness.errors import AlreadyFinalized, SealedSplitError
 from harness.final.candidates import Candidate, plan_steps
 from harness.final.fill import fill_steps, grow
+from harness.final.mix import best_order
 from harness.final.publish import final_model
 from harness.final.result import FinalResult
 from harness.results import report
 from harness.search import records
 from harness.search.liveness import load_study
 from harness.training import baseline
+from harness.training.baseline import BaselineResult
 from harness.training.data import load_search_data, load_test_examples
 from harness.training.model import MLP, Ensemble, Mixed, load_model, mean_loss, sample_words
 from harness.util import paths
@@ -383,6 +385,14 @@ def test_a_mixed_final_model_mixes_the_ngram_at_the_weight_best_on_dev(write_stu
     capsys.readouterr()
     assert main(["status", str(spec.source)]) == 0
     assert f"mixed with a 4-gram {mix.test_loss:.4f}" in capsys.readouterr().out
+
+
+def test_the_ngram_mixed_in_is_the_best_on_dev_whose_history_the_context_holds():
+    results = [BaselineResult("bigram (counts + 1)", 2, 2.40),
+               *(BaselineResult(f"Kneser-Ney {n}-gram", n, loss, 0.7)
+                 for n, loss in ((2, 2.45), (3, 2.20), (4, 2.10), (5, 2.05), (6, 2.06)))]
+    assert best_order(results, context_length=8).order == 5
+    assert best_order(results, context_length=3).order == 4  # a 5-gram needs 4 characters
 
 
 @pytest.mark.parametrize("why", ["other steps", "seed retrained", "damaged", "missing"])
