@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from harness.config import StudySpec
-from harness.final.choose import Choice, Context, loss
+from harness.final.choose import Choice, Context
 from harness.final.result import FinalResult, Line, Metric, Row, Section
 from harness.training import baseline
 from harness.training.baseline import BaselineResult
@@ -100,8 +100,7 @@ class MixRule:
         train, _dev, _test = split_words(read_words(spec.data.path), spec.data)
         mixed = Mixed(neural_part(choice.model), data.vocab.itos, train, ngram.order,
                       ngram.discount, 1.0)
-        mixed.weight = choose_weight(mixed, data.dev)
-        dev_loss = loss(mixed, data.dev)
+        mixed.weight, dev_loss = choose_weight(mixed, data.dev)
         log.info("finalize.mix_ngram: the %d-gram (discount %.2f) at weight %.2f: dev %.4f",
                  ngram.order, ngram.discount, 1 - mixed.weight, dev_loss)
         return choice.with_(model=mixed, tested={"mixture": mixed},
@@ -121,8 +120,9 @@ def best_order(results: list[BaselineResult], context_length: int) -> BaselineRe
 
 
 @torch.no_grad()
-def choose_weight(mixed: Mixed, dev: Examples, chunk: int = 65536) -> float:
-    """The network's weight in WEIGHTS with the lowest dev loss of the mixture."""
+def choose_weight(mixed: Mixed, dev: Examples, chunk: int = 65536) -> tuple[float, float]:
+    """The network's weight in WEIGHTS with the lowest dev loss of the mixture, and that
+    loss."""
     mixed.eval()
     device = next(mixed.parameters()).device
     p_net, p_ngram = [], []
@@ -134,4 +134,5 @@ def choose_weight(mixed: Mixed, dev: Examples, chunk: int = 65536) -> float:
     net, ngram = np.concatenate(p_net)[None, :], np.concatenate(p_ngram)[None, :]
     w = WEIGHTS[:, None]
     losses = -np.log(w * net + (1 - w) * ngram).mean(axis=1)  # (len(WEIGHTS),)
-    return float(WEIGHTS[int(np.argmin(losses))])
+    best = int(np.argmin(losses))
+    return float(WEIGHTS[best]), float(losses[best])
